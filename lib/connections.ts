@@ -1,0 +1,282 @@
+import type { Socket } from 'node:net'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { now } from './deadline.js'
+import { closeAfterResponse, parentSocket } from './socket-internals.js'
+
+/**
+ * A socket that has not sent a byte yet is not idle in any useful sense: its
+ * first request is probably on the wire. It gets this long after it was
+ * accepted before the drain closes it (we lost a request exactly so).
+ */
+export const FRESH_SOCKET_GRACE_MS = 1_000
+
+/**
+ * Once a socket has no request and its write side is closed, no request can be
+ * served on it any more; we only wait this long for the peer's FIN before
+ * destroying it, so a peer that never closes its half cannot hold the drain.
+ */
+export const LINGER_MS = 1_000
+
+const kConnection = Symbol('fastify-graceful-drain.connection')
+
+interface Connection {
+  readonly socket: Socket
+  /** The socket the HTTP parser reads: the TLS socket once the handshake is done, else the TCP one. */
+  reader: Socket
+  readonly acceptedAt: number
+  inFlight: number
+  served: number
+  /** `reader.bytesRead` when its last response ended: more than that means a request is arriving. */
+  bytesAtRest: number
+  /** The response being written, to mark it `Connection: close` and to name its route if it is cut. */
+  response: ServerResponse | undefined
+  upgraded: boolean
+  /** Destroyed by the drain at the budget, as opposed to closed gracefully. */
+  cut: boolean
+  /** Monotonic time the drain saw this socket's write side ended with no request left on it. */
+  endedAt: number | undefined
+}
+
+type TrackedSocket = Socket & { [kConnection]?: Connection }
+
+export interface ConnectionCounts {
+  open: number
+  inFlight: number
+  servedDuringDrain: number
+  closedGracefully: number
+  destroyed: number
+  upgraded: number
+}
+
+/**
+ * Tracks sockets and the requests on them for one server, and closes them on
+ * the drain's schedule. Everything per request is a counter and a shared
+ * listener: no closures, timers or objects per request.
+ */
+export class ConnectionTracker {
+  readonly #server: Server
+  readonly #isProbe: (url: string | undefined) => boolean
+  readonly #connections = new Set<Connection>()
+  readonly #emptyWaiters: Array<() => void> = []
+  readonly #changeWaiters: Array<() => void> = []
+  #inFlight = 0
+  #draining = false
+  #closing = false
+  #lastRequestAt = -Infinity
+  #servedDuringDrain = 0
+  #closedGracefully = 0
+  #destroyed = 0
+
+  // Plain functions, created once per tracker, because Node calls them with the
+  // socket or response as `this`; private fields stay reachable through `tracker`.
+  readonly #onSocketClose: (this: TrackedSocket) => void
+  readonly #onResponseClose: (this: ServerResponse) => void
+
+  constructor (server: Server, isProbe: (url: string | undefined) => boolean) {
+    this.#server = server
+    this.#isProbe = isProbe
+    const tracker = this
+    this.#onSocketClose = function () { tracker.#forget(this) }
+    this.#onResponseClose = function () { tracker.#responseEnded(this) }
+    server.on('connection', this.#onConnection)
+    server.on('secureConnection', this.#onSecureConnection)
+    // Prepended so the drain marks the response before Fastify starts writing it.
+    server.prependListener('request', this.#onRequest)
+    server.on('upgrade', this.#onUpgrade)
+  }
+
+  detach (): void {
+    this.#server.removeListener('connection', this.#onConnection)
+    this.#server.removeListener('secureConnection', this.#onSecureConnection)
+    this.#server.removeListener('request', this.#onRequest)
+    this.#server.removeListener('upgrade', this.#onUpgrade)
+  }
+
+  get inFlight (): number {
+    return this.#inFlight
+  }
+
+  get size (): number {
+    return this.#connections.size
+  }
+
+  /** Monotonic time of the last non-probe request since the drain started. */
+  get lastRequestAt (): number {
+    return this.#lastRequestAt
+  }
+
+  counts (): ConnectionCounts {
+    let upgraded = 0
+    for (const conn of this.#connections) if (conn.upgraded) upgraded++
+    return {
+      open: this.#connections.size,
+      inFlight: this.#inFlight,
+      servedDuringDrain: this.#servedDuringDrain,
+      closedGracefully: this.#closedGracefully,
+      destroyed: this.#destroyed,
+      upgraded
+    }
+  }
+
+  /** From now on every response says `Connection: close`, the ones already being handled included. */
+  startDraining (): void {
+    this.#draining = true
+    for (const conn of this.#connections) {
+      if (conn.response !== undefined) closeAfterResponse(conn.response)
+    }
+  }
+
+  /**
+   * Closes the sockets that can be closed without cutting a request, and
+   * returns the delay after which it should be called again (fresh sockets,
+   * lingering ones), or undefined. Called once the listener is closed, and
+   * again after every change: by then the load balancer has stopped sending,
+   * so an idle socket is idle for good.
+   */
+  closeIdle (): number | undefined {
+    this.#closing = true
+    const at = now()
+    let recheck = Infinity
+    for (const conn of this.#connections) {
+      if (conn.upgraded || conn.inFlight > 0) continue
+      // Unread bytes: a request is arriving (or a slowloris is trickling one); never cut it here.
+      if (conn.reader.bytesRead > conn.bytesAtRest) continue
+      if (conn.socket.writableEnded) {
+        conn.endedAt ??= at
+        const lingerFor = conn.endedAt + LINGER_MS - at
+        if (lingerFor > 0) recheck = Math.min(recheck, lingerFor)
+        else conn.socket.destroy()
+        continue
+      }
+      const freshFor = conn.acceptedAt + FRESH_SOCKET_GRACE_MS - at
+      if (conn.served === 0 && freshFor > 0) {
+        recheck = Math.min(recheck, freshFor)
+        continue
+      }
+      this.#endGracefully(conn)
+      recheck = Math.min(recheck, LINGER_MS)
+    }
+    return recheck === Infinity ? undefined : recheck
+  }
+
+  /** Resolves at the next socket close or response end. */
+  nextChange (): Promise<void> {
+    return new Promise(resolve => { this.#changeWaiters.push(resolve) })
+  }
+
+  /** Destroys everything still open; returns what was cut, for the report. */
+  destroyAll (): string[] {
+    const cut: string[] = []
+    for (const conn of this.#connections) {
+      if (conn.response !== undefined) cut.push(describe(conn.response.req))
+      else if (conn.upgraded) cut.push('(upgraded connection)')
+      else if (conn.reader.bytesRead > conn.bytesAtRest) cut.push('(incomplete request)')
+      // A socket we already ended with nothing on it is lingering, not cut.
+      const lingering = conn.endedAt !== undefined && conn.inFlight === 0 && !conn.upgraded
+      if (!lingering) {
+        this.#destroyed++
+        conn.cut = true
+      }
+      conn.socket.destroy()
+    }
+    return cut
+  }
+
+  /** Sockets upgraded away from HTTP (WebSocket): Node's own bookkeeping no longer sees them. */
+  * upgradedSockets (): Generator<Socket> {
+    for (const conn of this.#connections) if (conn.upgraded) yield conn.socket
+  }
+
+  /** Resolves when no tracked socket is left open. */
+  whenEmpty (): Promise<void> {
+    if (this.#connections.size === 0) return Promise.resolve()
+    return new Promise(resolve => { this.#emptyWaiters.push(resolve) })
+  }
+
+  #endGracefully (conn: Connection): void {
+    // end(), not destroy(): a FIN never resets a socket that has unread bytes.
+    if (!conn.socket.writableEnded) conn.socket.end()
+    conn.endedAt ??= now()
+  }
+
+  #changed (): void {
+    if (this.#changeWaiters.length > 0) for (const resolve of this.#changeWaiters.splice(0)) resolve()
+  }
+
+  readonly #onConnection = (socket: TrackedSocket): void => {
+    const conn: Connection = {
+      socket,
+      reader: socket,
+      acceptedAt: now(),
+      inFlight: 0,
+      served: 0,
+      bytesAtRest: 0,
+      response: undefined,
+      upgraded: false,
+      cut: false,
+      endedAt: undefined
+    }
+    socket[kConnection] = conn
+    this.#connections.add(conn)
+    socket.on('close', this.#onSocketClose)
+  }
+
+  readonly #onSecureConnection = (tlsSocket: TrackedSocket): void => {
+    const conn = (parentSocket(tlsSocket) as TrackedSocket | undefined)?.[kConnection]
+    if (conn === undefined) return
+    tlsSocket[kConnection] = conn
+    conn.reader = tlsSocket
+  }
+
+  #forget (socket: TrackedSocket): void {
+    const conn = socket[kConnection]
+    if (conn === undefined || !this.#connections.delete(conn)) return
+    if (this.#draining && !conn.cut) this.#closedGracefully++
+    if (this.#connections.size === 0) {
+      for (const resolve of this.#emptyWaiters.splice(0)) resolve()
+    }
+    this.#changed()
+  }
+
+  #responseEnded (res: ServerResponse): void {
+    const conn = (res.req.socket as TrackedSocket)[kConnection]
+    this.#inFlight--
+    if (conn === undefined) return
+    conn.inFlight--
+    if (conn.response === res) conn.response = undefined
+    conn.bytesAtRest = conn.reader.bytesRead
+    // A response whose headers went out before the drain promised keep-alive;
+    // once the listener is closed nobody should reuse the socket, so end it now.
+    if (this.#closing && conn.inFlight === 0 && !conn.upgraded) {
+      this.#endGracefully(conn)
+      this.#changed()
+    }
+  }
+
+  readonly #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    if (this.#draining) closeAfterResponse(res)
+    if (this.#isProbe(req.url)) return
+    const conn = (req.socket as TrackedSocket)[kConnection]
+    if (conn === undefined) return
+    conn.inFlight++
+    conn.served++
+    conn.response = res
+    this.#inFlight++
+    res.on('close', this.#onResponseClose)
+    if (this.#draining) {
+      this.#servedDuringDrain++
+      this.#lastRequestAt = now()
+    }
+  }
+
+  readonly #onUpgrade = (req: IncomingMessage): void => {
+    const conn = (req.socket as TrackedSocket)[kConnection]
+    if (conn !== undefined) conn.upgraded = true
+  }
+}
+
+function describe (req: IncomingMessage): string {
+  const url = req.url ?? ''
+  const query = url.indexOf('?')
+  return `${req.method ?? 'GET'} ${query === -1 ? url : url.slice(0, query)}`
+}

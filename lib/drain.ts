@@ -1,0 +1,244 @@
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { ResolvedOptions } from './options.js'
+import type { DrainReport, DrainPhases } from './report.js'
+import { CloserAfterStartError } from './errors.js'
+import { StateMachine, type DrainState } from './state.js'
+import { Deadline, now, sleep } from './deadline.js'
+import { Closers, runBounded, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
+import { ConnectionTracker } from './connections.js'
+import { closeListener } from './socket-internals.js'
+import { logReport, round } from './report.js'
+import { exitProcess } from './exit.js'
+import { signalExitCode } from './signals.js'
+
+export interface StartOptions {
+  /** Skip `drainDelay`: SIGINT, or a preStop call that has already waited it out. */
+  skipDelay?: boolean
+  /** Monotonic time the termination really began (a preStop call), if earlier than now. */
+  startedAt?: number
+  signal?: NodeJS.Signals
+}
+
+/**
+ * The drain sequence of DESIGN §2, one instance per Fastify app:
+ * signal → draining (serve, Connection: close) → closing (listener closed,
+ * idle sockets closed, in-flight awaited, the rest destroyed at the budget) →
+ * fastify.close() and the closers → report → exit.
+ */
+export class Drain {
+  readonly #app: FastifyInstance
+  readonly #options: ResolvedOptions
+  readonly #log: FastifyBaseLogger
+  readonly #tracker: ConnectionTracker
+  readonly #closers = new Closers()
+  readonly #state = new StateMachine()
+  readonly #aborter = new AbortController()
+  /** Aborts every wait of the drain when it is forced to end (deadline or second signal). */
+  readonly #forced = new AbortController()
+  #deadline: Deadline | undefined
+  #running: Promise<DrainReport> | undefined
+  #resolve: ((report: DrainReport) => void) | undefined
+  #report: DrainReport | undefined
+  #reason = 'api'
+  #signal: NodeJS.Signals | undefined
+  #phases: DrainPhases = { draining: 0 }
+  #delay = { plannedMs: 0, actualMs: 0, extendedMs: 0 }
+  #openAtStart = 0
+  #inFlightAtStart = 0
+  #cut: string[] = []
+  #outcomes: CloserOutcome[] = []
+  #onFinished: () => void = () => {}
+
+  constructor (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, tracker: ConnectionTracker) {
+    this.#app = app
+    this.#options = options
+    this.#log = log
+    this.#tracker = tracker
+  }
+
+  get state (): DrainState {
+    return this.#state.current
+  }
+
+  /** Aborts when the drain starts: long-lived handlers (SSE, long polls) end their responses on it. */
+  get signal (): AbortSignal {
+    return this.#aborter.signal
+  }
+
+  get inFlight (): number {
+    return this.#tracker.inFlight
+  }
+
+  /** The last drain's report, once it has finished. */
+  get report (): DrainReport | undefined {
+    return this.#report
+  }
+
+  /** The deadline of the running drain, for the modules that schedule against it. */
+  get deadline (): Deadline | undefined {
+    return this.#deadline
+  }
+
+  /** Runs once the drain has finished, before the exit: uninstall what the plugin installed. */
+  onFinished (fn: () => void): void {
+    this.#onFinished = fn
+  }
+
+  markReady (): void {
+    this.#state.moveTo('ready')
+  }
+
+  /** Called when the app closes without a drain: nothing is left to do but to say so. */
+  markClosed (): void {
+    this.#state.moveTo('closed')
+  }
+
+  addCloser (name: string, fn: CloserFunction, options?: CloserOptions): void {
+    validateCloser(name, fn, options)
+    if (this.#state.isDraining) throw new CloserAfterStartError(name, this.#state.current)
+    this.#closers.add(name, fn, options?.timeout)
+  }
+
+  /** Starts the drain (once; later calls return the same report promise). */
+  start (reason = 'api', options: StartOptions = {}): Promise<DrainReport> {
+    if (this.#running !== undefined) return this.#running
+    this.#running = new Promise(resolve => { this.#resolve = resolve })
+    this.#reason = reason
+    this.#signal = options.signal
+    const deadline = new Deadline(options.startedAt ?? now(), this.#options.gracePeriod - this.#options.exitMargin)
+    this.#deadline = deadline
+    deadline.guard(() => { this.#finish(1, 'deadline').catch(this.#logFailure) })
+    this.#state.moveTo('draining')
+    this.#openAtStart = this.#tracker.size
+    this.#inFlightAtStart = this.#tracker.inFlight
+    this.#tracker.startDraining()
+    this.#aborter.abort(new Error(`drain started: ${reason}`))
+    this.#log.info({ reason, gracePeriod: this.#options.gracePeriod, deadlineMs: round(deadline.end - deadline.startedAt) },
+      'drain started: readiness now fails, still serving')
+    this.#run(options.skipDelay === true).catch(this.#logFailure)
+    return this.#running
+  }
+
+  /** A second signal: exit at once with 128 + its number, as a shell would report the kill. */
+  forceExit (signal: NodeJS.Signals): void {
+    this.#log.warn({ signal }, 'second signal during the drain: exiting now')
+    this.#finish(signalExitCode(signal), 'second signal').catch(this.#logFailure)
+  }
+
+  readonly #logFailure = (error: unknown): void => {
+    this.#log.error({ err: error }, 'drain failed unexpectedly')
+  }
+
+  async #run (skipDelay: boolean): Promise<void> {
+    await this.#keepServing(skipDelay)
+    if (this.#forced.signal.aborted) return
+    await this.#closeConnections()
+    if (this.#forced.signal.aborted) return
+    await this.#closeResources()
+    if (this.#forced.signal.aborted) return
+    const failed = this.#outcomes.some(outcome => outcome.outcome !== 'ok')
+    await this.#finish(this.#cut.length > 0 || failed ? 1 : 0)
+  }
+
+  /** Delay phase: serve normally for drainDelay, then until a quiet period passes without requests. */
+  async #keepServing (skipDelay: boolean): Promise<void> {
+    const deadline = this.#deadline as Deadline
+    const { drainDelay, quietPeriod, maxDrainDelay } = this.#options
+    const planned = skipDelay ? 0 : drainDelay
+    this.#delay.plannedMs = planned
+    await sleep(deadline.until(planned), this.#forced.signal)
+    if (!skipDelay && quietPeriod > 0) {
+      // Load balancers that notice late keep sending; closing now would refuse their traffic.
+      while (!this.#forced.signal.aborted) {
+        const quietAt = this.#tracker.lastRequestAt + quietPeriod
+        const capAt = deadline.startedAt + maxDrainDelay
+        if (now() >= quietAt || now() >= capAt) break
+        await sleep(Math.min(quietAt, capAt) - now(), this.#forced.signal)
+      }
+    }
+    this.#delay.actualMs = round(deadline.elapsed())
+    this.#delay.extendedMs = Math.max(0, this.#delay.actualMs - planned)
+    // Only worth a warning when the extension is large enough to mean the LB is slower than drainDelay.
+    if (this.#delay.extendedMs > Math.max(quietPeriod, 50)) {
+      this.#log.warn({ drainDelay: planned, actualDelay: this.#delay.actualMs, quietPeriod },
+        `requests kept arriving after drainDelay: the drain waited ${this.#delay.extendedMs} ms more for a ` +
+        `${quietPeriod} ms quiet period; raise drainDelay to at least ${this.#delay.actualMs} ms`)
+    }
+  }
+
+  /** Closing phase: refuse new connections, close idle ones, wait for in-flight requests within the budget. */
+  async #closeConnections (): Promise<void> {
+    const deadline = this.#deadline as Deadline
+    this.#state.moveTo('closing')
+    this.#phases.closing = round(deadline.elapsed())
+    closeListener(this.#app.server)
+    const httpBudgetEnd = deadline.end - deadline.startedAt - this.#options.closeTimeout
+    // Ends the wait at the HTTP budget, or at once if the drain is forced.
+    const budget = new AbortController()
+    const onForced = (): void => budget.abort()
+    this.#forced.signal.addEventListener('abort', onForced, { once: true })
+    const budgetSpent = sleep(deadline.until(httpBudgetEnd), budget.signal)
+    // Event-driven: re-evaluate at every socket close or response end, and when a
+    // fresh or lingering socket's grace runs out; no polling.
+    while (this.#tracker.size > 0 && !budget.signal.aborted) {
+      const recheck = this.#tracker.closeIdle()
+      const waits = [this.#tracker.nextChange(), budgetSpent]
+      if (recheck !== undefined) waits.push(sleep(recheck, budget.signal))
+      await Promise.race(waits)
+    }
+    this.#forced.signal.removeEventListener('abort', onForced)
+    budget.abort()
+    if (this.#tracker.size > 0 && !this.#forced.signal.aborted) {
+      this.#cut = this.#tracker.destroyAll()
+      this.#log.warn({ cut: this.#cut }, 'drain budget spent: destroyed the connections still open')
+    }
+  }
+
+  /** Strictly after the last response: the app's onClose hooks, then the closers, each bounded. */
+  async #closeResources (): Promise<void> {
+    const deadline = this.#deadline as Deadline
+    this.#phases.resourcesClosing = round(deadline.elapsed())
+    const { closeTimeout } = this.#options
+    this.#outcomes.push(await runBounded('fastify.close', () => this.#app.close(),
+      Math.min(closeTimeout, deadline.remaining())))
+    for (const outcome of await this.#closers.run(closeTimeout, () => deadline.remaining())) {
+      this.#outcomes.push(outcome)
+      if (outcome.outcome !== 'ok') this.#log.error({ closer: outcome }, `closer "${outcome.name}" ${outcome.outcome}`)
+    }
+  }
+
+  /** Ends the drain exactly once: normally, at the deadline, or on a second signal. */
+  async #finish (exitCode: number, forcedBy?: string): Promise<void> {
+    if (this.#report !== undefined) return
+    const deadline = this.#deadline as Deadline
+    if (forcedBy !== undefined) {
+      this.#forced.abort()
+      const cut = this.#tracker.destroyAll()
+      this.#cut.push(...cut)
+      this.#log.warn({ forcedBy, cut }, `drain forced to end by the ${forcedBy}`)
+    }
+    deadline.disarm()
+    this.#state.moveTo('closed')
+    this.#phases.closed = round(deadline.elapsed())
+    const counts = this.#tracker.counts()
+    const report: DrainReport = {
+      reason: this.#reason,
+      signal: this.#signal,
+      startedAt: new Date(deadline.startedAtWall).toISOString(),
+      deadlineMs: round(deadline.end - deadline.startedAt),
+      phases: this.#phases,
+      delay: this.#delay,
+      requests: { inFlightAtStart: this.#inFlightAtStart, servedDuringDrain: counts.servedDuringDrain, cut: this.#cut },
+      connections: { openAtStart: this.#openAtStart, closedGracefully: counts.closedGracefully, destroyed: counts.destroyed },
+      closers: this.#outcomes,
+      forced: forcedBy !== undefined || counts.destroyed > 0,
+      exitCode,
+      durationMs: round(deadline.elapsed())
+    }
+    this.#report = report
+    this.#onFinished()
+    logReport(this.#log, report)
+    this.#resolve?.(report)
+    await exitProcess(this.#options.exit, exitCode, report, this.#log)
+  }
+}

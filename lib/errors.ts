@@ -1,0 +1,82 @@
+/**
+ * Every error the plugin throws, in one place. Codes follow Fastify's
+ * `FST_<PLUGIN>_<WHAT>` convention so they can be matched in logs and tests;
+ * messages name the option, what was expected, the value given and the fix.
+ */
+
+export interface GracefulDrainError extends Error {
+  readonly code: string
+}
+
+type ErrorFactory<Args extends unknown[]> = new (...args: Args) => GracefulDrainError
+
+function createError<Args extends unknown[]> (
+  code: string,
+  format: (...args: Args) => string,
+  Base: ErrorConstructor | TypeErrorConstructor | RangeErrorConstructor = Error
+): ErrorFactory<Args> {
+  const DrainError = class extends (Base as ErrorConstructor) {
+    readonly code = code
+    constructor (...args: Args) {
+      super(format(...args))
+      this.name = 'GracefulDrainError'
+    }
+  }
+  Object.defineProperty(DrainError, 'name', { value: code })
+  return DrainError as unknown as ErrorFactory<Args>
+}
+
+/** Renders a user-supplied value for an error message without throwing on odd inputs. */
+export function show (value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value)
+  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`
+  if (typeof value === 'bigint') return `${value}n`
+  try {
+    return JSON.stringify(value) ?? String(value)
+  } catch {
+    return String(value)
+  }
+}
+
+export const InvalidOptionError = createError(
+  'FST_GRACEFUL_DRAIN_INVALID_OPTION',
+  (option: string, expected: string, value: unknown, fix?: string) =>
+    `\`${option}\` must be ${expected}; got ${show(value)}${fix === undefined ? '' : `: ${fix}`}`,
+  TypeError
+)
+
+export const ImpossibleBudgetError = createError(
+  'FST_GRACEFUL_DRAIN_IMPOSSIBLE_BUDGET',
+  (drainDelay: number, closeTimeout: number, exitMargin: number, gracePeriod: number) =>
+    `\`drainDelay\` (${drainDelay}) + \`closeTimeout\` (${closeTimeout}) + \`exitMargin\` (${exitMargin}) ` +
+    `must be less than \`gracePeriod\` (${gracePeriod}), or no time is left for in-flight requests: ` +
+    'lower drainDelay or closeTimeout, or raise gracePeriod to match terminationGracePeriodSeconds × 1000',
+  RangeError
+)
+
+export const AlreadyRegisteredError = createError(
+  'FST_GRACEFUL_DRAIN_ALREADY_REGISTERED',
+  () => 'fastify-graceful-drain is already registered on this Fastify instance or one of its parents: ' +
+    'register it once, at the root of the app'
+)
+
+export const SignalsOwnedError = createError(
+  'FST_GRACEFUL_DRAIN_SIGNALS_OWNED',
+  (signals: string) => `another fastify-graceful-drain instance in this process already handles ${signals}: ` +
+    'one instance per process owns the signals; pass `signals: []` to the others and call `fastify.drain.start()` yourself, ' +
+    'or close the first instance before registering a new one'
+)
+
+export const InvalidCloserError = createError(
+  'FST_GRACEFUL_DRAIN_INVALID_CLOSER',
+  (argument: string, expected: string, value: unknown) =>
+    `addCloser(): \`${argument}\` must be ${expected}; got ${show(value)}`,
+  TypeError
+)
+
+export const CloserAfterStartError = createError(
+  'FST_GRACEFUL_DRAIN_CLOSER_AFTER_START',
+  (name: string, state: string) =>
+    `addCloser("${name}") was called while the drain is ${state}: the closers have already been scheduled, ` +
+    'so this resource would never be closed; register closers at startup (e.g. right after creating the resource)'
+)

@@ -1,0 +1,43 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { ExitFunction } from './options.js'
+import type { DrainReport } from './report.js'
+import { unrefTimer } from './deadline.js'
+
+/** The longest we wait for an asynchronous log destination before exiting anyway. */
+const FLUSH_TIMEOUT_MS = 500
+
+type Flushable = FastifyBaseLogger & { flush?: (cb?: (err?: Error) => void) => void }
+
+/** Flushes pino's buffered destination (if it has one); bounded, never throws. */
+export function flushLogger (log: FastifyBaseLogger): Promise<void> {
+  const flush = (log as Flushable).flush
+  if (typeof flush !== 'function') return Promise.resolve()
+  return new Promise(resolve => {
+    const timer = unrefTimer(FLUSH_TIMEOUT_MS, resolve)
+    try {
+      flush.call(log, () => { clearTimeout(timer); resolve() })
+    } catch {
+      clearTimeout(timer)
+      resolve()
+    }
+  })
+}
+
+/**
+ * The only place the plugin ends the process. `exit: false` leaves the process
+ * alone (tests, embedding), a function replaces `process.exit`.
+ */
+export async function exitProcess (
+  exit: boolean | ExitFunction,
+  code: number,
+  report: DrainReport | undefined,
+  log: FastifyBaseLogger
+): Promise<void> {
+  if (exit === false) return
+  await flushLogger(log)
+  if (typeof exit === 'function') {
+    await exit(code, report as DrainReport)
+    return
+  }
+  process.exit(code)
+}

@@ -1,0 +1,248 @@
+import { constants } from 'node:os'
+import type { DrainReport } from './report.js'
+import { ImpossibleBudgetError, InvalidOptionError } from './errors.js'
+
+/** A readiness check: resolves `true` when the dependency it watches is usable. */
+export type ReadinessCheck = () => boolean | Promise<boolean>
+
+export interface ReadinessOptions {
+  /** @default '/readyz' */
+  path?: string
+  /** Named checks; `/readyz` answers 503 naming the first that fails, throws, hangs or returns a non-boolean. */
+  checks?: Record<string, ReadinessCheck>
+  /** How long one check may take before it counts as failed, in ms. @default 1000 */
+  checkTimeout?: number
+  /** How long a check result is reused, so probes don't hammer a dependency, in ms. @default 1000 */
+  checkCacheTtl?: number
+}
+
+export interface LivenessOptions {
+  /** @default '/livez' */
+  path?: string
+}
+
+export interface PreStopOptions {
+  /** @default '/prestop' */
+  path?: string
+  /** Required unless `healthPort` is set: the endpoint then answers only `?token=` or `Authorization: Bearer` with it. At least 16 characters. */
+  token?: string
+}
+
+/** Called instead of `process.exit` when the drain ends. */
+export type ExitFunction = (code: number, report: DrainReport) => void | Promise<void>
+
+export interface GracefulDrainOptions {
+  /** The pod's `terminationGracePeriodSeconds` × 1000: the drain is over, whatever hangs, `exitMargin` before it. @default 30000 */
+  gracePeriod?: number
+  /** How long to keep serving normally after readiness flips, in ms (0 under SIGINT). @default 5000 */
+  drainDelay?: number
+  /** After `drainDelay`, keep serving until no request has arrived for this long (probes excluded); 0 turns the extension off. @default 1000 */
+  quietPeriod?: number
+  /** The latest the quiet-period extension may run to, in ms after the signal. @default drainDelay + half of what is left for in-flight requests */
+  maxDrainDelay?: number
+  /** Headroom kept before `gracePeriod` for the report, the logger flush and the exit, in ms. @default 1000 */
+  exitMargin?: number
+  /** Time reserved for `fastify.close()` (the app's onClose hooks) and each closer, in ms. @default 5000 */
+  closeTimeout?: number
+  /** Signals that start the drain; a second one forces the exit with 128 + its number. @default ['SIGTERM', 'SIGINT'] */
+  signals?: NodeJS.Signals[]
+  /** The readiness probe, or `false` for none. @default { path: '/readyz' } */
+  readiness?: ReadinessOptions | false
+  /** The liveness probe, or `false` for none. @default { path: '/livez' } */
+  liveness?: LivenessOptions | false
+  /** Serve the probes (and the preStop endpoint) on their own listener that stays open until exit. @default undefined */
+  healthPort?: number
+  /** Host for the health listener. @default '0.0.0.0' */
+  healthHost?: string
+  /** The preStop endpoint for `lifecycle.preStop.httpGet`, or `true` for the defaults. @default false */
+  preStop?: PreStopOptions | boolean
+  /** Log level of probe requests. @default 'silent' */
+  probeLogLevel?: string
+  /** `true` calls `process.exit`, `false` never exits (tests, embedding), a function is called instead. @default true */
+  exit?: boolean | ExitFunction
+}
+
+export interface ResolvedOptions {
+  readonly gracePeriod: number
+  readonly drainDelay: number
+  readonly quietPeriod: number
+  readonly maxDrainDelay: number
+  readonly exitMargin: number
+  readonly closeTimeout: number
+  readonly signals: readonly NodeJS.Signals[]
+  readonly readiness: Readonly<Required<ReadinessOptions>> | false
+  readonly liveness: Readonly<Required<LivenessOptions>> | false
+  readonly healthPort: number | undefined
+  readonly healthHost: string
+  readonly preStop: Readonly<{ path: string, token: string | undefined }> | false
+  readonly probeLogLevel: string
+  readonly exit: boolean | ExitFunction
+}
+
+export const defaults = Object.freeze({
+  gracePeriod: 30_000,
+  drainDelay: 5_000,
+  quietPeriod: 1_000,
+  exitMargin: 1_000,
+  closeTimeout: 5_000,
+  signals: Object.freeze(['SIGTERM', 'SIGINT'] as NodeJS.Signals[]),
+  readinessPath: '/readyz',
+  livenessPath: '/livez',
+  preStopPath: '/prestop',
+  checkTimeout: 1_000,
+  checkCacheTtl: 1_000,
+  healthHost: '0.0.0.0',
+  probeLogLevel: 'silent'
+})
+
+const MIN_TOKEN_LENGTH = 16
+const LOG_LEVELS = new Set(['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'])
+const KNOWN_OPTIONS = new Set(['gracePeriod', 'drainDelay', 'quietPeriod', 'maxDrainDelay', 'exitMargin', 'closeTimeout',
+  'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit'])
+
+function milliseconds (name: string, value: unknown, fallback: number, { positive = false } = {}): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (positive && value === 0)) {
+    throw new InvalidOptionError(name, `a finite number of milliseconds ${positive ? '> 0' : '≥ 0'}`, value,
+      `e.g. ${name}: ${fallback}`)
+  }
+  return value
+}
+
+function isObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function routePath (name: string, value: unknown, fallback: string): string {
+  if (value === undefined) return fallback
+  if (typeof value !== 'string' || !value.startsWith('/')) {
+    throw new InvalidOptionError(name, 'a path starting with "/"', value, `e.g. ${name}: '${fallback}'`)
+  }
+  return value
+}
+
+function resolveSignals (value: unknown): readonly NodeJS.Signals[] {
+  if (value === undefined) return defaults.signals
+  if (!Array.isArray(value)) {
+    throw new InvalidOptionError('signals', 'an array of signal names', value, "e.g. signals: ['SIGTERM', 'SIGINT']")
+  }
+  for (const signal of value) {
+    if (typeof signal !== 'string' || !(signal in constants.signals) || signal === 'SIGKILL' || signal === 'SIGSTOP') {
+      throw new InvalidOptionError('signals', 'an array of catchable signal names such as "SIGTERM"', signal,
+        "e.g. signals: ['SIGTERM', 'SIGINT']")
+    }
+  }
+  return Object.freeze([...new Set(value as NodeJS.Signals[])])
+}
+
+function resolveReadiness (value: unknown): ResolvedOptions['readiness'] {
+  if (value === false) return false
+  if (value !== undefined && !isObject(value)) {
+    throw new InvalidOptionError('readiness', 'an object { path, checks } or false', value)
+  }
+  const checks = value?.checks ?? {}
+  if (!isObject(checks)) throw new InvalidOptionError('readiness.checks', 'an object of named async functions', checks)
+  for (const [name, check] of Object.entries(checks)) {
+    if (typeof check !== 'function') {
+      throw new InvalidOptionError(`readiness.checks.${name}`, 'a function returning a boolean or a promise of one', check)
+    }
+  }
+  return Object.freeze({
+    path: routePath('readiness.path', value?.path, defaults.readinessPath),
+    checks: Object.freeze({ ...checks }) as Record<string, ReadinessCheck>,
+    checkTimeout: milliseconds('readiness.checkTimeout', value?.checkTimeout, defaults.checkTimeout, { positive: true }),
+    checkCacheTtl: milliseconds('readiness.checkCacheTtl', value?.checkCacheTtl, defaults.checkCacheTtl)
+  })
+}
+
+function resolveLiveness (value: unknown): ResolvedOptions['liveness'] {
+  if (value === false) return false
+  if (value !== undefined && !isObject(value)) throw new InvalidOptionError('liveness', 'an object { path } or false', value)
+  return Object.freeze({ path: routePath('liveness.path', value?.path, defaults.livenessPath) })
+}
+
+function resolvePreStop (value: unknown, healthPort: number | undefined): ResolvedOptions['preStop'] {
+  if (value === undefined || value === false) return false
+  if (value !== true && !isObject(value)) {
+    throw new InvalidOptionError('preStop', 'true, false or an object { path, token }', value)
+  }
+  const input = value === true ? {} : value
+  const token = input.token
+  if (token !== undefined && (typeof token !== 'string' || token.length < MIN_TOKEN_LENGTH)) {
+    throw new InvalidOptionError('preStop.token', `a string of at least ${MIN_TOKEN_LENGTH} characters`,
+      typeof token === 'string' ? `a ${token.length}-character string` : token, 'generate one with `openssl rand -hex 24`')
+  }
+  if (token === undefined && healthPort === undefined) {
+    throw new InvalidOptionError('preStop', 'served on `healthPort` or guarded by `preStop.token`', value,
+      'the preStop endpoint starts a drain, so it must not be reachable by the public: set healthPort or a token')
+  }
+  return Object.freeze({ path: routePath('preStop.path', input.path, defaults.preStopPath), token })
+}
+
+function resolveExit (value: unknown): boolean | ExitFunction {
+  if (value === undefined) return true
+  if (typeof value !== 'boolean' && typeof value !== 'function') {
+    throw new InvalidOptionError('exit', 'true, false or a function (code, report) => void', value)
+  }
+  return value as boolean | ExitFunction
+}
+
+function resolveHealthPort (value: unknown): number | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 65535) {
+    throw new InvalidOptionError('healthPort', 'an integer port from 0 to 65535', value, 'e.g. healthPort: 9000')
+  }
+  return value
+}
+
+/** Validates the user's options and fills in the defaults; never mutates the input. */
+export function resolveOptions (input: GracefulDrainOptions = {}): ResolvedOptions {
+  if (!isObject(input)) throw new InvalidOptionError('options', 'an object', input)
+  for (const key of Object.keys(input)) {
+    if (!KNOWN_OPTIONS.has(key)) {
+      throw new InvalidOptionError(key, 'a known option', (input as Record<string, unknown>)[key],
+        `known options are ${[...KNOWN_OPTIONS].join(', ')}`)
+    }
+  }
+  const gracePeriod = milliseconds('gracePeriod', input.gracePeriod, defaults.gracePeriod, { positive: true })
+  const drainDelay = milliseconds('drainDelay', input.drainDelay, defaults.drainDelay)
+  const quietPeriod = milliseconds('quietPeriod', input.quietPeriod, defaults.quietPeriod)
+  const exitMargin = milliseconds('exitMargin', input.exitMargin, defaults.exitMargin)
+  const closeTimeout = milliseconds('closeTimeout', input.closeTimeout, defaults.closeTimeout, { positive: true })
+  if (drainDelay + closeTimeout + exitMargin >= gracePeriod) {
+    throw new ImpossibleBudgetError(drainDelay, closeTimeout, exitMargin, gracePeriod)
+  }
+  // The in-flight drain gets what the delay and the closers leave; by default the
+  // quiet-period extension may take at most half of that, so slow requests keep the rest.
+  const inFlightWindow = gracePeriod - exitMargin - closeTimeout
+  const maxDrainDelay = milliseconds('maxDrainDelay', input.maxDrainDelay, drainDelay + (inFlightWindow - drainDelay) / 2)
+  if (maxDrainDelay < drainDelay || maxDrainDelay >= inFlightWindow) {
+    throw new InvalidOptionError('maxDrainDelay', `a number from drainDelay (${drainDelay}) to below ` +
+      `gracePeriod − exitMargin − closeTimeout (${inFlightWindow})`, maxDrainDelay, 'or leave it unset for the default')
+  }
+  const healthPort = resolveHealthPort(input.healthPort)
+  const healthHost = input.healthHost ?? defaults.healthHost
+  if (typeof healthHost !== 'string' || healthHost === '') {
+    throw new InvalidOptionError('healthHost', 'a host name or address', healthHost, "e.g. healthHost: '0.0.0.0'")
+  }
+  const probeLogLevel: unknown = input.probeLogLevel ?? defaults.probeLogLevel
+  if (typeof probeLogLevel !== 'string' || !LOG_LEVELS.has(probeLogLevel)) {
+    throw new InvalidOptionError('probeLogLevel', `one of ${[...LOG_LEVELS].join(', ')}`, probeLogLevel)
+  }
+  return Object.freeze({
+    gracePeriod,
+    drainDelay,
+    quietPeriod,
+    maxDrainDelay,
+    exitMargin,
+    closeTimeout,
+    signals: resolveSignals(input.signals),
+    readiness: resolveReadiness(input.readiness),
+    liveness: resolveLiveness(input.liveness),
+    healthPort,
+    healthHost,
+    preStop: resolvePreStop(input.preStop, healthPort),
+    probeLogLevel,
+    exit: resolveExit(input.exit)
+  })
+}

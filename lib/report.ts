@@ -1,0 +1,61 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { CloserOutcome } from './closers.js'
+
+/** Milliseconds after the drain started at which each phase began (absent: never reached). */
+export interface DrainPhases {
+  draining: number
+  closing?: number
+  resourcesClosing?: number
+  closed?: number
+}
+
+/** What happened during one drain; logged once, at `info` (or `warn` when anything was forced or failed). */
+export interface DrainReport {
+  /** What started the drain: a signal name, 'prestop', 'api' or the reason given to `start()`. */
+  reason: string
+  signal: NodeJS.Signals | undefined
+  /** Wall-clock time the drain started (ISO 8601). */
+  startedAt: string
+  /** Milliseconds after the start by which everything had to be done (gracePeriod − exitMargin). */
+  deadlineMs: number
+  phases: DrainPhases
+  delay: {
+    /** The configured minimum (0 when skipped: SIGINT, or a preStop call already waited). */
+    plannedMs: number
+    /** How long the server really kept accepting after the signal. */
+    actualMs: number
+    /** How much the quiet period added to the planned delay. */
+    extendedMs: number
+  }
+  requests: {
+    inFlightAtStart: number
+    servedDuringDrain: number
+    /** Requests whose sockets were destroyed at the budget: method and path. */
+    cut: string[]
+  }
+  connections: {
+    openAtStart: number
+    closedGracefully: number
+    destroyed: number
+  }
+  /** The app's `fastify.close()` (its onClose hooks) first, then each closer, in the order they ran. */
+  closers: CloserOutcome[]
+  /** True when the budget ran out and something was destroyed or abandoned. */
+  forced: boolean
+  exitCode: number
+  durationMs: number
+}
+
+export const round = (ms: number): number => Math.round(ms)
+
+/** One structured line with all the figures; the message says the outcome in words. */
+export function logReport (log: FastifyBaseLogger, report: DrainReport): void {
+  const failed = report.closers.filter(c => c.outcome !== 'ok').map(c => `${c.name} (${c.outcome})`)
+  const summary = `drain ${report.forced || failed.length > 0 ? 'finished with problems' : 'complete'} in ${report.durationMs} ms: ` +
+    `${report.requests.servedDuringDrain} requests served during the drain, ` +
+    `${report.requests.cut.length} cut, ${report.connections.destroyed} connections destroyed` +
+    (failed.length > 0 ? `, closers failed: ${failed.join(', ')}` : '') +
+    `; exit code ${report.exitCode}`
+  if (report.exitCode === 0) log.info({ drainReport: report }, summary)
+  else log.warn({ drainReport: report }, summary)
+}

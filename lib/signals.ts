@@ -1,0 +1,53 @@
+import { constants } from 'node:os'
+import { SignalsOwnedError } from './errors.js'
+
+/**
+ * Signals are process-wide, so ownership is too: the one place this plugin
+ * keeps state outside an instance. Symbol.for() makes two copies of the
+ * package (say, a hoisted and a nested one) agree on the same owner.
+ */
+const OWNER = Symbol.for('fastify-graceful-drain.signal-owner')
+type ProcessWithOwner = NodeJS.Process & { [OWNER]?: object }
+
+export interface InstalledSignals {
+  /** Listeners for these signals that something else (close-with-grace, fastify-cli, the app) installed first. */
+  readonly foreign: ReadonlyArray<{ signal: NodeJS.Signals, listeners: number }>
+  uninstall (): void
+}
+
+/** The exit code for a process ended because of `signal`: 128 + its number, as shells report it. */
+export function signalExitCode (signal: NodeJS.Signals): number {
+  return 128 + (constants.signals[signal] ?? 0)
+}
+
+/**
+ * Installs `onSignal` for each signal. The drain decides what a first and a
+ * second signal mean; this module only owns the listeners and their removal.
+ */
+export function installSignals (
+  signals: readonly NodeJS.Signals[],
+  onSignal: (signal: NodeJS.Signals) => void
+): InstalledSignals {
+  const proc = process as ProcessWithOwner
+  if (signals.length === 0) return { foreign: [], uninstall () {} }
+  if (proc[OWNER] !== undefined) throw new SignalsOwnedError(signals.join(', '))
+  const owner = {}
+  proc[OWNER] = owner
+
+  const foreign = signals
+    .map(signal => ({ signal, listeners: process.listenerCount(signal) }))
+    .filter(entry => entry.listeners > 0)
+  const listener = (signal: NodeJS.Signals): void => onSignal(signal)
+  for (const signal of signals) process.on(signal, listener)
+
+  let installed = true
+  return {
+    foreign,
+    uninstall () {
+      if (!installed) return
+      installed = false
+      for (const signal of signals) process.removeListener(signal, listener)
+      if (proc[OWNER] === owner) delete proc[OWNER]
+    }
+  }
+}
