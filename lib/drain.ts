@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { ResolvedOptions } from './options.js'
 import type { DrainReport, DrainPhases } from './report.js'
@@ -10,6 +11,20 @@ import { closeListener } from './socket-internals.js'
 import { logReport, round } from './report.js'
 import { exitProcess } from './exit.js'
 import { signalExitCode } from './signals.js'
+
+/**
+ * Internal phase events, so protocol and Kubernetes modules (HTTP/2, WebSocket,
+ * diagnostics, metrics) hook into the sequence without growing this file:
+ * 'draining' (deadline), 'closing', 'budgetSpent' (just before the remaining
+ * sockets are destroyed), 'resourcesClosing', 'closed' (report).
+ */
+export interface DrainEvents {
+  draining: [deadline: Deadline]
+  closing: []
+  budgetSpent: []
+  resourcesClosing: []
+  closed: [report: DrainReport]
+}
 
 export interface StartOptions {
   /** Skip `drainDelay`: SIGINT, or a preStop call that has already waited it out. */
@@ -48,6 +63,9 @@ export class Drain {
   #cut: string[] = []
   #outcomes: CloserOutcome[] = []
   #onFinished: () => void = () => {}
+  readonly #sections = new Map<string, () => unknown>()
+  /** Phase events for the plugin's own modules; see DrainEvents. */
+  readonly events = new EventEmitter<DrainEvents>()
 
   constructor (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, tracker: ConnectionTracker) {
     this.#app = app
@@ -84,6 +102,11 @@ export class Drain {
     this.#onFinished = fn
   }
 
+  /** Adds `key` to the report, computed when the drain finishes (e.g. HTTP/2 sessions, WebSockets). */
+  addReportSection (key: string, compute: () => unknown): void {
+    this.#sections.set(key, compute)
+  }
+
   markReady (): void {
     this.#state.moveTo('ready')
   }
@@ -115,6 +138,7 @@ export class Drain {
     this.#aborter.abort(new Error(`drain started: ${reason}`))
     this.#log.info({ reason, gracePeriod: this.#options.gracePeriod, deadlineMs: round(deadline.end - deadline.startedAt) },
       'drain started: readiness now fails, still serving')
+    this.events.emit('draining', deadline)
     this.#run(options.skipDelay === true).catch(this.#logFailure)
     return this.#running
   }
@@ -172,6 +196,7 @@ export class Drain {
     this.#state.moveTo('closing')
     this.#phases.closing = round(deadline.elapsed())
     closeListener(this.#app.server)
+    this.events.emit('closing')
     const httpBudgetEnd = deadline.end - deadline.startedAt - this.#options.closeTimeout
     // Ends the wait at the HTTP budget, or at once if the drain is forced.
     const budget = new AbortController()
@@ -189,6 +214,7 @@ export class Drain {
     this.#forced.signal.removeEventListener('abort', onForced)
     budget.abort()
     if (this.#tracker.size > 0 && !this.#forced.signal.aborted) {
+      this.events.emit('budgetSpent')
       this.#cut = this.#tracker.destroyAll()
       this.#log.warn({ cut: this.#cut }, 'drain budget spent: destroyed the connections still open')
     }
@@ -198,6 +224,7 @@ export class Drain {
   async #closeResources (): Promise<void> {
     const deadline = this.#deadline as Deadline
     this.#phases.resourcesClosing = round(deadline.elapsed())
+    this.events.emit('resourcesClosing')
     const { closeTimeout } = this.#options
     this.#outcomes.push(await runBounded('fastify.close', () => this.#app.close(),
       Math.min(closeTimeout, deadline.remaining())))
@@ -213,6 +240,7 @@ export class Drain {
     const deadline = this.#deadline as Deadline
     if (forcedBy !== undefined) {
       this.#forced.abort()
+      this.events.emit('budgetSpent')
       const cut = this.#tracker.destroyAll()
       this.#cut.push(...cut)
       this.#log.warn({ forcedBy, cut }, `drain forced to end by the ${forcedBy}`)
@@ -235,9 +263,11 @@ export class Drain {
       exitCode,
       durationMs: round(deadline.elapsed())
     }
+    for (const [key, compute] of this.#sections) (report as unknown as Record<string, unknown>)[key] = compute()
     this.#report = report
     this.#onFinished()
     logReport(this.#log, report)
+    this.events.emit('closed', report)
     this.#resolve?.(report)
     await exitProcess(this.#options.exit, exitCode, report, this.#log)
   }
