@@ -31,6 +31,8 @@ export function show (value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value)
   if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`
   if (typeof value === 'bigint') return `${value}n`
+  // JSON.stringify renders NaN and ±Infinity as "null", which would hide the very value that was wrong.
+  if (typeof value === 'number') return String(value)
   try {
     return JSON.stringify(value) ?? String(value)
   } catch {

@@ -1,0 +1,295 @@
+// Options: resolveOptions() fills every default with `??` (0 is a valid delay),
+// never mutates its input, freezes its result, and rejects every bad value at
+// registration with a coded error that names the option, the value and the fix.
+
+import t from 'tap'
+import { readFile } from 'node:fs/promises'
+import Fastify from 'fastify'
+import gracefulDrain, { defaults, resolveOptions } from 'fastify-graceful-drain'
+import type { GracefulDrainOptions } from 'fastify-graceful-drain'
+
+const INVALID = 'FST_GRACEFUL_DRAIN_INVALID_OPTION'
+const BUDGET = 'FST_GRACEFUL_DRAIN_IMPOSSIBLE_BUDGET'
+
+/** Options that install nothing process-wide, so no test leaks a signal handler or exits the runner. */
+const quiet = { exit: false, signals: [] } as const
+
+/** Calls resolveOptions with values the types forbid, as a JavaScript caller would. */
+const resolveLoose = (input: unknown): ReturnType<typeof resolveOptions> =>
+  resolveOptions(input as GracefulDrainOptions)
+
+function caught (fn: () => unknown): Error & { code?: string } {
+  try {
+    fn()
+  } catch (error) {
+    return error as Error & { code?: string }
+  }
+  throw new Error('expected a throw')
+}
+
+t.test('every default comes from the `defaults` export', async t => {
+  const resolved = resolveOptions()
+  t.same(resolveOptions({}), resolved, 'no argument and {} resolve alike')
+  t.equal(resolved.gracePeriod, defaults.gracePeriod)
+  t.equal(resolved.drainDelay, defaults.drainDelay)
+  t.equal(resolved.quietPeriod, defaults.quietPeriod)
+  t.equal(resolved.exitMargin, defaults.exitMargin)
+  t.equal(resolved.closeTimeout, defaults.closeTimeout)
+  t.same(resolved.signals, defaults.signals)
+  t.same(resolved.readiness, {
+    path: defaults.readinessPath,
+    checks: {},
+    checkTimeout: defaults.checkTimeout,
+    checkCacheTtl: defaults.checkCacheTtl
+  })
+  t.same(resolved.liveness, { path: defaults.livenessPath })
+  t.equal(resolved.healthPort, undefined)
+  t.equal(resolved.healthHost, defaults.healthHost)
+  t.equal(resolved.preStop, false)
+  t.equal(resolved.probeLogLevel, defaults.probeLogLevel)
+  t.equal(resolved.exit, true)
+  // The quiet-period cap defaults to the delay plus half of what the in-flight drain has left.
+  const inFlightWindow = defaults.gracePeriod - defaults.exitMargin - defaults.closeTimeout
+  t.equal(resolved.maxDrainDelay, defaults.drainDelay + (inFlightWindow - defaults.drainDelay) / 2)
+  t.same(resolveOptions({ preStop: true, healthPort: 9000 }).preStop, { path: defaults.preStopPath, token: undefined })
+
+  // The documented values (DESIGN §3/§6); a change to a default must be deliberate.
+  t.match(defaults, {
+    gracePeriod: 30_000,
+    drainDelay: 5_000,
+    quietPeriod: 1_000,
+    exitMargin: 1_000,
+    readinessPath: '/readyz',
+    livenessPath: '/livez',
+    probeLogLevel: 'silent'
+  })
+  t.same(defaults.signals, ['SIGTERM', 'SIGINT'])
+  t.ok(Object.isFrozen(defaults) && Object.isFrozen(defaults.signals), 'defaults cannot be changed at run time')
+})
+
+t.test('the README options table states the same defaults', async t => {
+  const table = await readmeOptionsTable()
+  if (table === undefined) {
+    t.skip('README.md has no options table yet')
+    return
+  }
+  const expected: Record<string, string[]> = {
+    gracePeriod: [String(defaults.gracePeriod)],
+    drainDelay: [String(defaults.drainDelay)],
+    quietPeriod: [String(defaults.quietPeriod)],
+    exitMargin: [String(defaults.exitMargin)],
+    closeTimeout: [String(defaults.closeTimeout)],
+    signals: [...defaults.signals],
+    readiness: [defaults.readinessPath],
+    liveness: [defaults.livenessPath],
+    probeLogLevel: [defaults.probeLogLevel],
+    exit: ['true']
+  }
+  for (const [option, values] of Object.entries(expected)) {
+    const row = table.get(option)
+    if (row === undefined) {
+      t.fail(`README options table has no row for \`${option}\``)
+      continue
+    }
+    for (const value of values) t.ok(row.includes(value), `README: \`${option}\` default mentions ${value}`, { row })
+  }
+})
+
+t.test('?? semantics: 0 is a valid drainDelay, quietPeriod and exitMargin', async t => {
+  const resolved = resolveOptions({ drainDelay: 0, quietPeriod: 0, exitMargin: 0 })
+  t.equal(resolved.drainDelay, 0)
+  t.equal(resolved.quietPeriod, 0)
+  t.equal(resolved.exitMargin, 0)
+  t.match(resolveOptions({ readiness: { checkCacheTtl: 0 } }).readiness, { checkCacheTtl: 0 }, '0 turns the check cache off')
+  t.same(resolveOptions({ signals: [] }).signals, [], 'an empty signal list means none, not the default')
+  t.equal(resolveOptions({ exit: false }).exit, false)
+  t.equal(resolveOptions({ readiness: false }).readiness, false)
+  t.equal(resolveOptions({ liveness: false }).liveness, false)
+  t.equal(resolveOptions({ healthPort: 0 }).healthPort, 0, 'port 0 (ephemeral) is a port')
+})
+
+t.test('the input is never mutated and the result is frozen', async t => {
+  const check = async (): Promise<boolean> => true
+  const input: GracefulDrainOptions = {
+    gracePeriod: 20_000,
+    drainDelay: 2_000,
+    signals: ['SIGTERM', 'SIGTERM'],
+    readiness: { path: '/ready', checks: { db: check } },
+    liveness: { path: '/alive' },
+    preStop: { token: 'a'.repeat(24) }
+  }
+  const before = JSON.stringify(input)
+  deepFreeze(input)
+  const resolved = resolveOptions(input) // a write to the frozen input would throw here
+  t.equal(JSON.stringify(input), before, 'input unchanged')
+  t.same(input.signals, ['SIGTERM', 'SIGTERM'], 'duplicates are dropped from the result only')
+  t.same(resolved.signals, ['SIGTERM'])
+  t.not(resolved.signals, input.signals, 'the result does not share the caller’s array')
+  t.ok(Object.isFrozen(resolved), 'result frozen')
+  t.ok(Object.isFrozen(resolved.signals), 'signals frozen')
+  t.ok(resolved.readiness !== false && Object.isFrozen(resolved.readiness) && Object.isFrozen(resolved.readiness.checks),
+    'readiness and its checks frozen')
+  t.ok(resolved.liveness !== false && Object.isFrozen(resolved.liveness), 'liveness frozen')
+  t.ok(resolved.preStop !== false && Object.isFrozen(resolved.preStop), 'preStop frozen')
+  t.equal(resolved.readiness !== false && resolved.readiness.checks.db, check, 'checks are kept as given')
+})
+
+// Every bad value: [option path, input, the value as the message shows it, a fix the message must give].
+const numberOptions = ['gracePeriod', 'drainDelay', 'quietPeriod', 'exitMargin', 'closeTimeout', 'maxDrainDelay'] as const
+const cases: Array<[string, Record<string, unknown>, string, string]> = []
+for (const name of numberOptions) {
+  cases.push(
+    [name, { [name]: '5000' }, '"5000"', `e.g. ${name}:`],
+    [name, { [name]: -1 }, '-1', `e.g. ${name}:`],
+    [name, { [name]: Number.NaN }, 'NaN', `e.g. ${name}:`],
+    [name, { [name]: Number.POSITIVE_INFINITY }, 'Infinity', `e.g. ${name}:`],
+    [name, { [name]: null }, 'null', `e.g. ${name}:`]
+  )
+}
+cases.push(
+  ['gracePeriod', { gracePeriod: 0 }, '0', 'e.g. gracePeriod: 30000'],
+  ['closeTimeout', { closeTimeout: 0 }, '0', 'e.g. closeTimeout: 5000'],
+  ['maxDrainDelay', { drainDelay: 5000, maxDrainDelay: 4000 }, '4000', 'or leave it unset'],
+  ['maxDrainDelay', { maxDrainDelay: 24_000 }, '24000', 'or leave it unset'],
+  ['readiness.checkTimeout', { readiness: { checkTimeout: 0 } }, '0', 'e.g. readiness.checkTimeout: 1000'],
+  ['readiness.checkCacheTtl', { readiness: { checkCacheTtl: -5 } }, '-5', 'e.g. readiness.checkCacheTtl: 1000'],
+  ['signals', { signals: 'SIGTERM' }, '"SIGTERM"', "signals: ['SIGTERM', 'SIGINT']"],
+  ['signals', { signals: ['SIGTERM', 'SIGFOO'] }, '"SIGFOO"', "signals: ['SIGTERM', 'SIGINT']"],
+  ['signals', { signals: ['sigterm'] }, '"sigterm"', "signals: ['SIGTERM', 'SIGINT']"],
+  ['signals', { signals: ['SIGKILL'] }, '"SIGKILL"', 'catchable'],
+  ['signals', { signals: ['SIGSTOP'] }, '"SIGSTOP"', 'catchable'],
+  ['signals', { signals: [15] }, '15', "signals: ['SIGTERM', 'SIGINT']"],
+  ['readiness', { readiness: '/readyz' }, '"/readyz"', 'an object { path, checks } or false'],
+  ['readiness', { readiness: true }, 'true', 'an object { path, checks } or false'],
+  ['readiness.path', { readiness: { path: 'readyz' } }, '"readyz"', "e.g. readiness.path: '/readyz'"],
+  ['readiness.checks', { readiness: { checks: [() => true] } }, '[null]', 'an object of named async functions'],
+  ['readiness.checks.db', { readiness: { checks: { db: true } } }, 'true', 'a function returning a boolean'],
+  ['liveness', { liveness: true }, 'true', 'an object { path } or false'],
+  ['liveness.path', { liveness: { path: 42 } }, '42', "e.g. liveness.path: '/livez'"],
+  ['healthPort', { healthPort: -1 }, '-1', 'e.g. healthPort: 9000'],
+  ['healthPort', { healthPort: 65_536 }, '65536', 'e.g. healthPort: 9000'],
+  ['healthPort', { healthPort: 80.5 }, '80.5', 'e.g. healthPort: 9000'],
+  ['healthPort', { healthPort: '9000' }, '"9000"', 'e.g. healthPort: 9000'],
+  ['healthHost', { healthHost: '' }, '""', "e.g. healthHost: '0.0.0.0'"],
+  ['healthHost', { healthHost: 127 }, '127', "e.g. healthHost: '0.0.0.0'"],
+  ['preStop', { preStop: '/prestop' }, '"/prestop"', 'true, false or an object { path, token }'],
+  ['preStop', { preStop: true }, 'true', 'set healthPort or a token'],
+  ['preStop.path', { preStop: { path: 'stop', token: 'a'.repeat(16) } }, '"stop"', "e.g. preStop.path: '/prestop'"],
+  ['preStop.token', { preStop: { token: 'short' } }, '"a 5-character string"', 'openssl rand -hex 24'],
+  ['preStop.token', { preStop: { token: 1234 } }, '1234', 'openssl rand -hex 24'],
+  ['probeLogLevel', { probeLogLevel: 'verbose' }, '"verbose"', 'one of silent, fatal, error, warn, info, debug, trace'],
+  ['probeLogLevel', { probeLogLevel: 30 }, '30', 'one of silent'],
+  ['exit', { exit: 'yes' }, '"yes"', 'true, false or a function'],
+  ['exit', { exit: 0 }, '0', 'true, false or a function'],
+  ['drainDelays', { drainDelays: 1000 }, '1000', 'known options are gracePeriod, drainDelay'],
+  ['options', null as unknown as Record<string, unknown>, 'null', 'an object']
+)
+
+t.test('every bad value fails with a coded TypeError naming the option, the value and the fix', async t => {
+  for (const [option, input, shown, fix] of cases) {
+    const error = caught(() => resolveLoose(input))
+    const label = `${option} = ${shown}`
+    t.type(error, TypeError, `${label}: TypeError`)
+    t.equal(error.code, INVALID, `${label}: code`)
+    t.equal(error.name, 'GracefulDrainError', `${label}: name`)
+    t.match(error.message, `\`${option}\``, `${label}: names the option`)
+    t.match(error.message, `got ${shown}`, `${label}: shows the value given`)
+    t.match(error.message, fix, `${label}: says what to do`)
+  }
+})
+
+t.test('an impossible budget is a RangeError that names the four numbers', async t => {
+  const input = { gracePeriod: 10_000, drainDelay: 5_000, closeTimeout: 4_000, exitMargin: 1_000 }
+  const error = caught(() => resolveOptions(input))
+  t.type(error, RangeError)
+  t.equal(error.code, BUDGET)
+  for (const part of ['`drainDelay` (5000)', '`closeTimeout` (4000)', '`exitMargin` (1000)', '`gracePeriod` (10000)']) {
+    t.match(error.message, part)
+  }
+  t.match(error.message, /lower drainDelay or closeTimeout, or raise gracePeriod/)
+  t.equal(caught(() => resolveOptions({ drainDelay: 30_000 })).code, BUDGET, 'a delay as long as the grace period')
+  // One millisecond less leaves 1 ms for in-flight requests: tight, but possible.
+  t.equal(resolveOptions({ ...input, exitMargin: 999 }).gracePeriod, 10_000)
+})
+
+t.test('registration rejects bad options with the coded error', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await t.rejects(async () => await app.register(gracefulDrain, { ...quiet, drainDelay: -1 }), {
+    code: INVALID,
+    message: /`drainDelay` must be a finite number of milliseconds ≥ 0; got -1/
+  })
+  const budget = Fastify()
+  t.teardown(() => budget.close())
+  await t.rejects(async () => await budget.register(gracefulDrain, { ...quiet, gracePeriod: 1_000 }), { code: BUDGET })
+})
+
+t.test('registering twice on one app is a clear error', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(gracefulDrain, quiet)
+  await t.rejects(async () => await app.register(gracefulDrain, quiet), {
+    code: 'FST_GRACEFUL_DRAIN_ALREADY_REGISTERED',
+    message: /already registered .*register it once, at the root/
+  })
+})
+
+t.test('a child context cannot register it again under the root’s registration', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(gracefulDrain, quiet)
+  await t.rejects(async () => await app.register(async child => { await child.register(gracefulDrain, quiet) }), {
+    code: 'FST_GRACEFUL_DRAIN_ALREADY_REGISTERED'
+  })
+})
+
+t.test('one app per process owns the signals; closing it releases them', async t => {
+  const before = { SIGTERM: process.listenerCount('SIGTERM'), SIGINT: process.listenerCount('SIGINT') }
+  const first = Fastify()
+  await first.register(gracefulDrain, { exit: false })
+  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM + 1, 'first app listens to SIGTERM')
+  t.equal(process.listenerCount('SIGINT'), before.SIGINT + 1, 'first app listens to SIGINT')
+
+  const second = Fastify()
+  t.teardown(() => second.close())
+  await t.rejects(async () => await second.register(gracefulDrain, { exit: false }), {
+    code: 'FST_GRACEFUL_DRAIN_SIGNALS_OWNED',
+    message: /already handles SIGTERM, SIGINT.*pass `signals: \[\]`/
+  })
+  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM + 1, 'the refused app added no listener')
+
+  const withoutSignals = Fastify()
+  await withoutSignals.register(gracefulDrain, quiet)
+  t.pass('an app with signals: [] registers beside the owner')
+  await withoutSignals.close()
+
+  await first.close()
+  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM, 'SIGTERM listener removed on close')
+  t.equal(process.listenerCount('SIGINT'), before.SIGINT, 'SIGINT listener removed on close')
+
+  const third = Fastify()
+  await third.register(gracefulDrain, { exit: false })
+  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM + 1, 'ownership released: a new app owns the signals')
+  await third.close()
+  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM)
+})
+
+function deepFreeze<T> (value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const inner of Object.values(value)) deepFreeze(inner)
+    Object.freeze(value)
+  }
+  return value
+}
+
+/** Rows of the README's options table, keyed by the option in the first cell; undefined while there is none. */
+async function readmeOptionsTable (): Promise<Map<string, string> | undefined> {
+  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8').catch(() => '')
+  const rows = new Map<string, string>()
+  for (const line of readme.split('\n')) {
+    const match = /^\|\s*`([A-Za-z.]+)`\s*\|(.*)$/.exec(line)
+    // 30_000, 30 000 and 30,000 all read as 30000.
+    if (match?.[1] !== undefined) rows.set(match[1], (match[2] ?? '').replace(/(\d)[_ ,](?=\d{3})/g, '$1'))
+  }
+  return rows.has('gracePeriod') ? rows : undefined
+}
