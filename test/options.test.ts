@@ -67,32 +67,37 @@ t.test('every default comes from the `defaults` export', async t => {
   t.ok(Object.isFrozen(defaults) && Object.isFrozen(defaults.signals), 'defaults cannot be changed at run time')
 })
 
-t.test('the README options table states the same defaults', async t => {
+t.test('the README options table lists every option with the same defaults', async t => {
   const table = await readmeOptionsTable()
   if (table === undefined) {
     t.skip('README.md has no options table yet')
     return
   }
+  // The unknown-option error lists the options resolveOptions() accepts: the table must list exactly those.
+  const known = /known options are (.*)$/.exec(caught(() => resolveLoose({ '?': 1 })).message)?.[1]?.split(', ')
+  t.same([...table.keys()].sort(), known?.sort(), 'one row per option, no more, no less')
   const expected: Record<string, string[]> = {
     gracePeriod: [String(defaults.gracePeriod)],
     drainDelay: [String(defaults.drainDelay)],
     quietPeriod: [String(defaults.quietPeriod)],
     exitMargin: [String(defaults.exitMargin)],
     closeTimeout: [String(defaults.closeTimeout)],
-    signals: [...defaults.signals],
-    readiness: [defaults.readinessPath],
-    liveness: [defaults.livenessPath],
-    probeLogLevel: [defaults.probeLogLevel],
+    signals: defaults.signals.map(signal => `'${signal}'`),
+    readiness: [`'${defaults.readinessPath}'`],
+    liveness: [`'${defaults.livenessPath}'`],
+    healthHost: [`'${defaults.healthHost}'`],
+    preStop: ['false'],
+    probeLogLevel: [`'${defaults.probeLogLevel}'`],
     exit: ['true']
   }
   for (const [option, values] of Object.entries(expected)) {
-    const row = table.get(option)
-    if (row === undefined) {
-      t.fail(`README options table has no row for \`${option}\``)
-      continue
-    }
-    for (const value of values) t.ok(row.includes(value), `README: \`${option}\` default mentions ${value}`, { row })
+    const cell = table.get(option)
+    for (const value of values) t.ok(cell?.includes(value), `README: \`${option}\` default is ${value}`, { cell })
   }
+  const readinessRow = await readmeRow('readiness')
+  t.match(readinessRow, `\`checkTimeout\` ${defaults.checkTimeout}`, 'README: readiness.checkTimeout default')
+  t.match(readinessRow, `\`checkCacheTtl\` ${defaults.checkCacheTtl}`, 'README: readiness.checkCacheTtl default')
+  t.match(await readmeRow('preStop'), `'${defaults.preStopPath}'`, 'README: preStop.path default')
 })
 
 t.test('?? semantics: 0 is a valid drainDelay, quietPeriod and exitMargin', async t => {
@@ -282,14 +287,28 @@ function deepFreeze<T> (value: T): T {
   return value
 }
 
-/** Rows of the README's options table, keyed by the option in the first cell; undefined while there is none. */
+async function readme (): Promise<string> {
+  return await readFile(new URL('../README.md', import.meta.url), 'utf8').catch(() => '')
+}
+
+/** The README options table's default column, keyed by option; undefined while there is no table. */
 async function readmeOptionsTable (): Promise<Map<string, string> | undefined> {
-  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8').catch(() => '')
+  const lines = (await readme()).split('\n')
+  const header = lines.findIndex(line => /^\|\s*option\s*\|/i.test(line))
+  if (header === -1) return undefined
+  const cells = (line: string): string[] => line.split(/(?<!\\)\|/).slice(1, -1).map(cell => cell.trim())
+  const column = cells(lines[header] ?? '').findIndex(cell => cell.toLowerCase() === 'default')
   const rows = new Map<string, string>()
-  for (const line of readme.split('\n')) {
-    const match = /^\|\s*`([A-Za-z.]+)`\s*\|(.*)$/.exec(line)
+  for (const line of lines.slice(header + 2)) {
+    if (!line.startsWith('|')) break
+    const row = cells(line)
+    const option = /^`(\w+)`$/.exec(row[0] ?? '')?.[1]
     // 30_000, 30 000 and 30,000 all read as 30000.
-    if (match?.[1] !== undefined) rows.set(match[1], (match[2] ?? '').replace(/(\d)[_ ,](?=\d{3})/g, '$1'))
+    if (option !== undefined) rows.set(option, (row[column] ?? '').replace(/(\d)[_ ,](?=\d{3})/g, '$1'))
   }
-  return rows.has('gracePeriod') ? rows : undefined
+  return rows
+}
+
+async function readmeRow (option: string): Promise<string | undefined> {
+  return (await readme()).split('\n').find(line => line.startsWith(`| \`${option}\` |`))
 }
