@@ -1,18 +1,28 @@
 import { fork, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
+import { EventEmitter, once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
 
 export interface LogLine {
   level: number
   msg: string
+  time: number
   [key: string]: unknown
+}
+
+export interface ExitInfo {
+  code: number | null
+  signal: NodeJS.Signals | null
+  /** ms from the first kill() to the exit. */
+  ms: number
 }
 
 export interface RunningChild {
   child: ChildProcess
   port: number
+  /** `https://` when the fixture serves TLS. */
   origin: string
+  https: boolean
   /** Parsed pino lines printed so far. */
   logs: LogLine[]
   /** IPC messages received after the port handshake. */
@@ -20,9 +30,13 @@ export interface RunningChild {
   /** Sends `signal` and records when, so `exited` can say how long the exit took. */
   kill (signal: NodeJS.Signals): void
   /** Resolves when the process is gone: its exit code, signal and ms since the first kill(). */
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null, ms: number }>
+  exited: Promise<ExitInfo>
   /** The drain report line, once logged. */
   report (): Record<string, any> | undefined
+  /** Resolves with the first log line (already printed or still to come) that matches; rejects if the child exits first. */
+  waitForLog (match: (line: LogLine) => boolean): Promise<LogLine>
+  /** The same for IPC messages. */
+  waitForMessage (match: (message: any) => boolean): Promise<any>
 }
 
 const fixtures = fileURLToPath(new URL('../fixtures/', import.meta.url))
@@ -40,6 +54,9 @@ export async function startChild (fixture: string, env: Record<string, string> =
   })
   const logs: LogLine[] = []
   const messages: unknown[] = []
+  // 'log' and 'message' events let tests wait on what the child says instead of sleeping.
+  const events = new EventEmitter()
+  events.setMaxListeners(0)
   let stderr = ''
   let buffered = ''
   child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
@@ -47,30 +64,56 @@ export async function startChild (fixture: string, env: Record<string, string> =
     const lines = buffered.split('\n')
     buffered = lines.pop() ?? ''
     for (const line of lines) {
-      try { logs.push(JSON.parse(line)) } catch { /* not a log line */ }
+      let parsed: LogLine
+      try { parsed = JSON.parse(line) } catch { continue /* not a log line */ }
+      logs.push(parsed)
+      events.emit('log', parsed)
     }
   })
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   let killedAt: number | undefined
-  const exited = once(child, 'exit').then(([code, signal]) => ({
+  let exitedAt = NaN
+  child.once('exit', () => { exitedAt = performance.now() })
+  // 'close' comes after 'exit' once stdout is drained, so every log line is in `logs` by then.
+  const exited = once(child, 'close').then(([code, signal]) => ({
     code: code as number | null,
     signal: signal as NodeJS.Signals | null,
-    ms: killedAt === undefined ? NaN : performance.now() - killedAt
+    ms: killedAt === undefined ? NaN : exitedAt - killedAt
   }))
-  const port = await new Promise<number>((resolve, reject) => {
+  const handshake = await new Promise<{ port: number, https?: boolean }>((resolve, reject) => {
     child.on('message', function onMessage (message: any) {
       if (typeof message?.port === 'number') {
         child.off('message', onMessage)
-        child.on('message', m => messages.push(m))
-        resolve(message.port)
+        child.on('message', m => { messages.push(m); events.emit('message', m) })
+        resolve(message)
       }
     })
     exited.then(({ code }) => reject(new Error(`fixture ${fixture} exited with ${code} before listening:\n${stderr}`)), reject)
   })
+
+  function waitFor<T> (kind: 'log' | 'message', seen: T[], match: (item: T) => boolean): Promise<T> {
+    const found = seen.find(match)
+    if (found !== undefined) return Promise.resolve(found)
+    return new Promise((resolve, reject) => {
+      const onItem = (item: T): void => {
+        if (!match(item)) return
+        events.off(kind, onItem)
+        resolve(item)
+      }
+      events.on(kind, onItem)
+      exited.then(() => {
+        events.off(kind, onItem)
+        reject(new Error(`fixture ${fixture} exited before the awaited ${kind}:\n${stderr}`))
+      }, reject)
+    })
+  }
+
+  const https = handshake.https === true
   return {
     child,
-    port,
-    origin: `http://127.0.0.1:${port}`,
+    port: handshake.port,
+    https,
+    origin: `${https ? 'https' : 'http'}://127.0.0.1:${handshake.port}`,
     logs,
     messages,
     kill (signal) {
@@ -80,7 +123,9 @@ export async function startChild (fixture: string, env: Record<string, string> =
     exited,
     report () {
       return logs.find(line => line.drainReport !== undefined)?.drainReport as Record<string, any> | undefined
-    }
+    },
+    waitForLog: match => waitFor('log', logs, match),
+    waitForMessage: match => waitFor('message', messages, match)
   }
 }
 
