@@ -11,6 +11,7 @@ export interface CloserOptions {
 
 export interface CloserOutcome {
   name: string
+  /** 'timeout' also covers a closer cut short by a forced end (deadline, second signal); 'skipped': never ran. */
   outcome: 'ok' | 'error' | 'timeout' | 'skipped'
   durationMs: number
   error?: string
@@ -29,7 +30,7 @@ export function validateCloser (name: unknown, fn: unknown, options: unknown): a
   }
   if (typeof fn !== 'function') throw new InvalidCloserError('fn', 'a function (signal) => Promise<void>', fn)
   if (options === undefined) return
-  if (typeof options !== 'object' || options === null) {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw new InvalidCloserError('options', 'an object { timeout }', options)
   }
   const { timeout } = options as CloserOptions
@@ -38,44 +39,71 @@ export function validateCloser (name: unknown, fn: unknown, options: unknown): a
   }
 }
 
+const message = (error: unknown): string => error instanceof Error ? error.message : String(error)
+
 /**
  * Runs `fn` bounded by `timeout`: settles exactly once with the outcome,
  * whether `fn` returns, throws synchronously, rejects or never settles.
+ * `stop` (a forced end of the drain) cuts it short like its own timeout.
  */
-export async function runBounded (name: string, fn: CloserFunction, timeout: number): Promise<CloserOutcome> {
+export async function runBounded (name: string, fn: CloserFunction, timeout: number, stop?: AbortSignal): Promise<CloserOutcome> {
   const started = now()
   const controller = new AbortController()
   const finish = (outcome: CloserOutcome['outcome'], error?: unknown): CloserOutcome => ({
     name,
     outcome,
     durationMs: Math.round(now() - started),
-    ...(error === undefined ? {} : { error: error instanceof Error ? error.message : String(error) })
+    ...(error === undefined ? {} : { error: message(error) })
   })
   if (timeout <= 0) return finish('skipped', 'no time left in the budget')
+  if (stop?.aborted === true) return finish('skipped', message(stop.reason))
   let timer: NodeJS.Timeout | undefined
+  let onStop = (): void => {}
+  // The timer is unref'd: during a drain the deadline's guard is the one ref'd handle (deadline.ts).
   const expired = new Promise<CloserOutcome>(resolve => {
     timer = unrefTimer(timeout, () => {
       controller.abort(new Error(`closer "${name}" timed out after ${timeout} ms`))
       resolve(finish('timeout', `did not finish within ${timeout} ms`))
     })
+    onStop = () => {
+      controller.abort(stop?.reason)
+      resolve(finish('timeout', message(stop?.reason)))
+    }
+    stop?.addEventListener('abort', onStop, { once: true })
   })
+  // The async wrapper turns a synchronous throw into a rejection, so it is caught like one.
   const ran = (async () => { await fn(controller.signal) })()
     .then(() => finish('ok'), (error: unknown) => finish('error', error))
   try {
     return await Promise.race([ran, expired])
   } finally {
     clearTimeout(timer)
+    stop?.removeEventListener('abort', onStop)
   }
 }
 
 /**
- * The resources the app registered with `fastify.drain.addCloser()`. They close
- * like a stack, last registered first, one at a time, because a resource
- * registered later usually depends on one registered earlier (a cache client
- * on top of its connection pool).
+ * The resources closed strictly after the last response: first `fastify.close()`
+ * (the app's own onClose hooks, which Fastify runs last registered first), then
+ * the closers added with `fastify.drain.addCloser()`, also last added first,
+ * one at a time. A closer registered later usually stands on one registered
+ * earlier (a cache client on top of its connection pool), and the closers are
+ * the outer layer: resources the app's hooks may still use while they close
+ * (an outbound HTTP agent, a telemetry exporter, the database server itself).
  */
 export class Closers {
+  readonly #app: Closer
   readonly #closers: Closer[] = []
+  readonly #outcomes: CloserOutcome[] = []
+  /** Aborted when the drain is forced to end: the running closer is cut short, the rest are skipped. */
+  readonly #stop = new AbortController()
+  #pending: Closer[] | undefined
+  #current: { name: string, started: number } | undefined
+
+  /** `app` closes the Fastify instance: it always runs first. */
+  constructor (app: CloserFunction) {
+    this.#app = { name: 'fastify.close', fn: app, timeout: undefined }
+  }
 
   get size (): number {
     return this.#closers.length
@@ -85,12 +113,46 @@ export class Closers {
     this.#closers.push({ name, fn, timeout })
   }
 
-  /** Runs every closer; each gets min(its timeout, what `remaining()` says is left). */
-  async run (defaultTimeout: number, remaining: () => number): Promise<CloserOutcome[]> {
-    const outcomes: CloserOutcome[] = []
-    for (const closer of [...this.#closers].reverse()) {
-      outcomes.push(await runBounded(closer.name, closer.fn, Math.min(closer.timeout ?? defaultTimeout, remaining())))
+  /** In the order they would run: fastify.close() first, then the closers, last added first. */
+  #order (): Closer[] {
+    return [this.#app, ...[...this.#closers].reverse()]
+  }
+
+  /**
+   * Runs every closer; each gets min(its timeout or `defaultTimeout`, what
+   * `remaining()` says is left of the budget). A failure never stops the others.
+   */
+  async run (defaultTimeout: number, remaining: () => number, onOutcome: (outcome: CloserOutcome) => void): Promise<CloserOutcome[]> {
+    this.#pending = this.#order()
+    for (let closer = this.#pending.shift(); closer !== undefined && !this.#stop.signal.aborted; closer = this.#pending.shift()) {
+      this.#current = { name: closer.name, started: now() }
+      const outcome = await runBounded(closer.name, closer.fn, Math.min(closer.timeout ?? defaultTimeout, remaining()), this.#stop.signal)
+      this.#current = undefined
+      // abandon() has already recorded this one and the rest.
+      if (this.#stop.signal.aborted) break
+      this.#outcomes.push(outcome)
+      onOutcome(outcome)
     }
-    return outcomes
+    return [...this.#outcomes]
+  }
+
+  /**
+   * The drain was forced to end (the deadline, a second signal). Synchronous,
+   * so the report written right after it lists every closer: the ones that ran,
+   * the one cut short now, and the ones that will never run.
+   */
+  abandon (reason: string): CloserOutcome[] {
+    if (!this.#stop.signal.aborted) {
+      const current = this.#current
+      if (current !== undefined) {
+        this.#outcomes.push({ name: current.name, outcome: 'timeout', durationMs: Math.round(now() - current.started), error: `cut short by the ${reason}` })
+      }
+      for (const closer of this.#pending ?? this.#order()) {
+        this.#outcomes.push({ name: closer.name, outcome: 'skipped', durationMs: 0, error: `not run: the drain was ended by the ${reason}` })
+      }
+      this.#pending = []
+      this.#stop.abort(new Error(`cut short by the ${reason}`))
+    }
+    return [...this.#outcomes]
   }
 }

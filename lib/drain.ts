@@ -5,7 +5,7 @@ import type { DrainReport, DrainPhases } from './report.js'
 import { CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
 import { Deadline, now, sleep } from './deadline.js'
-import { Closers, runBounded, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
+import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
 import { ConnectionTracker } from './connections.js'
 import { closeListener } from './socket-internals.js'
 import { logReport, round } from './report.js'
@@ -45,7 +45,7 @@ export class Drain {
   readonly #options: ResolvedOptions
   readonly #log: FastifyBaseLogger
   readonly #tracker: ConnectionTracker
-  readonly #closers = new Closers()
+  readonly #closers: Closers
   readonly #state = new StateMachine()
   readonly #aborter = new AbortController()
   /** Aborts every wait of the drain when it is forced to end (deadline or second signal). */
@@ -72,6 +72,7 @@ export class Drain {
     this.#options = options
     this.#log = log
     this.#tracker = tracker
+    this.#closers = new Closers(() => app.close())
   }
 
   get state (): DrainState {
@@ -225,13 +226,11 @@ export class Drain {
     const deadline = this.#deadline as Deadline
     this.#phases.resourcesClosing = round(deadline.elapsed())
     this.events.emit('resourcesClosing')
-    const { closeTimeout } = this.#options
-    this.#outcomes.push(await runBounded('fastify.close', () => this.#app.close(),
-      Math.min(closeTimeout, deadline.remaining())))
-    for (const outcome of await this.#closers.run(closeTimeout, () => deadline.remaining())) {
-      this.#outcomes.push(outcome)
-      if (outcome.outcome !== 'ok') this.#log.error({ closer: outcome }, `closer "${outcome.name}" ${outcome.outcome}`)
-    }
+    // fastify.close() (the app's onClose hooks) first, then the closers, last added first: see closers.ts.
+    this.#outcomes = await this.#closers.run(this.#options.closeTimeout, () => deadline.remaining(), outcome => {
+      if (outcome.outcome === 'ok') return
+      this.#log.error({ closer: outcome }, `closer "${outcome.name}" ${outcome.outcome} after ${outcome.durationMs} ms`)
+    })
   }
 
   /** Ends the drain exactly once: normally, at the deadline, or on a second signal. */
@@ -240,6 +239,7 @@ export class Drain {
     const deadline = this.#deadline as Deadline
     if (forcedBy !== undefined) {
       this.#forced.abort()
+      this.#outcomes = this.#closers.abandon(forcedBy)
       this.events.emit('budgetSpent')
       const cut = this.#tracker.destroyAll()
       this.#cut.push(...cut)
@@ -258,7 +258,7 @@ export class Drain {
       delay: this.#delay,
       requests: { inFlightAtStart: this.#inFlightAtStart, servedDuringDrain: counts.servedDuringDrain, cut: this.#cut },
       connections: { openAtStart: this.#openAtStart, closedGracefully: counts.closedGracefully, destroyed: counts.destroyed },
-      closers: this.#outcomes,
+      closers: [...this.#outcomes],
       forced: forcedBy !== undefined || counts.destroyed > 0,
       exitCode,
       durationMs: round(deadline.elapsed())
