@@ -37,7 +37,8 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const options = resolveOptions(opts)
   const log = fastify.log.child({ plugin: 'fastify-graceful-drain' })
   const probes = probePaths(options)
-  const tracker = new ConnectionTracker(fastify.server, url => url !== undefined && probes.has(url))
+  // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
+  const tracker = new ConnectionTracker(fastify.server, url => url !== undefined && probes.has(url.split('?', 1)[0] ?? url))
   const drain = new Drain(fastify as FastifyInstance, options, log, tracker)
 
   const signals = installSignals(options.signals, signal => {
