@@ -138,3 +138,21 @@ export async function heldRequest (running: RunningChild, path: string): Promise
     }
   }
 }
+
+/** A raw keep-alive socket that has been served once and is now idle. */
+export async function idleSocket (running: RunningChild): Promise<Socket> {
+  const socket = await connectRaw(running)
+  socket.write(requestHead('/', '\r\n'))
+  const response = await readResponse(socket)
+  if (response.status !== 200 || response.headers.connection === 'close') throw new Error('expected a keep-alive response')
+  return socket
+}
+
+/** How the peer closed `socket`: 'end' (a FIN: graceful) or the error code (ECONNRESET: reset). */
+export function howClosed (socket: Socket): Promise<string> {
+  return new Promise(resolve => {
+    socket.once('end', () => resolve('end'))
+    socket.once('error', (error: Error & { code?: string }) => resolve(error.code ?? error.message))
+    socket.resume()
+  })
+}
