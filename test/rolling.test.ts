@@ -1,0 +1,125 @@
+// The product's promise as a test: zero failed requests while pods are
+// replaced, through a real HAProxy in both load-balancer models:
+//   tcp  — kube-proxy: balanced per connection; an established keep-alive
+//          connection stays with the old instance after its removal, so only
+//          the plugin's `Connection: close` moves that traffic;
+//   http — an ingress controller that reuses its own keep-alive connections
+//          to the backends (`http-reuse always`).
+// Two rollovers (A→B, B→C) per scenario, under fixed-rate load over 32
+// keep-alive connections, 10 % slow requests (0.2–2 s). Any non-200, reset,
+// closed-without-response or timeout fails the test, and every old instance
+// must exit by itself with code 0 before the SIGKILL.
+//
+// Timing rule the scenarios follow (docs/sections/rolling.md): drainDelay must
+// cover both the endpoint propagation (maint 300 ms after SIGTERM) and the
+// health checks (inter 500 ms × fall 2 = 1 s); 1.5 s does. The late-LB
+// scenario breaks that rule on purpose and relies on the quiet period.
+
+import t from 'tap'
+import type { Test } from 'tap'
+import { haproxyAvailable } from './helpers/haproxy.js'
+import type { LbMode } from './helpers/haproxy.js'
+import { startChild, killChild } from './helpers/child.js'
+import type { RunningChild } from './helpers/child.js'
+import { runRolling } from './helpers/rolling.js'
+import type { RollingResult } from './helpers/rolling.js'
+import type { GracefulDrainOptions } from '../lib/index.js'
+
+// Six scenarios of ~15 s each, one after the other, on a shared 2-core machine.
+t.setTimeout(360_000)
+
+const GRACE_PERIOD = 10_000
+
+interface Scenario {
+  name: string
+  mode: LbMode
+  rate: number
+  options: GracefulDrainOptions
+  maintAfterMs: number
+  healthCheck: { path: string, interMs: number, fall: number, rise: number }
+  late?: boolean
+}
+
+// closeTimeout 2 s: no closers here, so the in-flight drain keeps the rest of the budget.
+const base = { gracePeriod: GRACE_PERIOD, closeTimeout: 2000 }
+const scenarios: Scenario[] = []
+for (const mode of ['tcp', 'http'] as LbMode[]) {
+  // 500 req/s: keep-alive sockets are busy every few ms, so closing an idle
+  // one at the wrong moment (the idle-socket race, DESIGN §4) would cost a request.
+  for (const rate of [150, 500]) {
+    scenarios.push({
+      name: `${mode} mode, ${rate} req/s`,
+      mode,
+      rate,
+      options: { ...base, drainDelay: 1500 },
+      maintAfterMs: 300,
+      healthCheck: { path: '/readyz', interMs: 500, fall: 2, rise: 2 }
+    })
+  }
+}
+for (const mode of ['tcp', 'http'] as LbMode[]) {
+  // The load balancer notices after drainDelay: removal at 3 s, health checks
+  // every 2 s (fall 2), drainDelay 1 s. Every fixed-delay drain drops requests here.
+  scenarios.push({
+    name: `${mode} mode, late load balancer`,
+    mode,
+    rate: 150,
+    options: { ...base, drainDelay: 1000 },
+    maintAfterMs: 3000,
+    healthCheck: { path: '/readyz', interMs: 2000, fall: 2, rise: 2 },
+    late: true
+  })
+}
+
+function noFailures (t: Test, result: RollingResult, children: RunningChild[]): void {
+  const { load } = result
+  t.ok(load.sent > 0, `${load.sent} requests sent`)
+  t.equal(load.failed, 0, 'no failed request of any kind', { failures: load.failures, samples: load.samples })
+  t.equal(load.ok, load.sent, 'every request answered 200')
+  t.equal(result.exits.length, 2, 'two rollovers')
+  result.exits.forEach((exit, i) => {
+    const report = children[i]?.report()
+    t.equal(exit.code, 0, `old instance ${i + 1} exited with code 0`, { exit, report })
+    t.notOk(exit.killed, `old instance ${i + 1} exited by itself, ${Math.round(exit.ms)} ms after SIGTERM`)
+    // The plugin's own deadline is gracePeriod − exitMargin; the kill is at gracePeriod.
+    t.ok(exit.ms < GRACE_PERIOD, `old instance ${i + 1} exited before its deadline`)
+    t.equal(report?.requests?.cut?.length, 0, `old instance ${i + 1} cut no request`, { report })
+  })
+}
+
+const available = haproxyAvailable()
+if (!available) {
+  const msg = 'haproxy binary not found: install the Debian/Ubuntu package `haproxy` (apt-get install -y haproxy)'
+  if (process.env.CI === 'true') t.fail(msg)
+  else t.skip(msg, () => {})
+} else {
+  for (const scenario of scenarios) {
+    t.test(scenario.name, async t => {
+      const children: RunningChild[] = []
+      t.teardown(() => { for (const child of children) killChild(child) })
+      const result = await runRolling({
+        mode: scenario.mode,
+        rate: scenario.rate,
+        maintAfterMs: scenario.maintAfterMs,
+        healthCheck: scenario.healthCheck,
+        gracePeriod: GRACE_PERIOD,
+        start: async () => {
+          const child = await startChild('rolling-app.ts', { FIXTURE: JSON.stringify({ options: scenario.options }) })
+          children.push(child)
+          return child
+        }
+      })
+      noFailures(t, result, children)
+      if (scenario.late === true) {
+        // Honest only if the quiet period did the work: requests kept coming
+        // after drainDelay, the drain waited for them, and said so.
+        for (const [i, child] of children.slice(0, 2).entries()) {
+          const delay = child.report()?.delay
+          t.ok(delay?.extendedMs > 0, `old instance ${i + 1}: the quiet period extended the delay (${JSON.stringify(delay)})`)
+          const warning = child.logs.find(line => line.level === 40 && /requests kept arriving after drainDelay/.test(line.msg))
+          t.ok(warning, `old instance ${i + 1}: warned with the figures`, { warning })
+        }
+      }
+    })
+  }
+}
