@@ -98,6 +98,11 @@ export class Drain {
     return this.#deadline
   }
 
+  /** What started the drain ('SIGTERM', 'prestop', 'api', …) and the signal if one did, for diagnostics. */
+  get startedBy (): { reason: string, signal: NodeJS.Signals | undefined } {
+    return { reason: this.#reason, signal: this.#signal }
+  }
+
   /** Runs once the drain has finished, before the exit: uninstall what the plugin installed. */
   onFinished (fn: () => void): void {
     this.#onFinished = fn

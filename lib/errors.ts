@@ -82,3 +82,21 @@ export const CloserAfterStartError = createError(
     `addCloser("${name}") was called while the drain is ${state}: the closers have already been scheduled, ` +
     'so this resource would never be closed; register closers at startup (e.g. right after creating the resource)'
 )
+
+export const HealthPortConflictError = createError(
+  'FST_GRACEFUL_DRAIN_HEALTH_PORT_CONFLICT',
+  (port: number) => `\`healthPort\` (${port}) is the port the app itself listens on: the probes need a port of their own ` +
+    'so they stay up while the main listener closes; pick another port (e.g. 9000) and point the probes at it'
+)
+
+export const HealthPortInUseError = createError(
+  'FST_GRACEFUL_DRAIN_HEALTH_PORT_IN_USE',
+  (port: number, host: string, reason: string) => `the health listener could not listen on ${host}:${port} (\`healthPort\`): ${reason}; ` +
+    'another process or another app in this process holds that port: pick a free port and point the probes at it'
+)
+
+export const MetricsUnavailableError = createError(
+  'FST_GRACEFUL_DRAIN_METRICS_UNAVAILABLE',
+  (reason: string) => `\`metrics\` needs prom-client, which could not be loaded (${reason}): ` +
+    'install it (npm i prom-client) or leave `metrics` unset'
+)

@@ -5,7 +5,8 @@ import { AlreadyRegisteredError } from './errors.js'
 import { ConnectionTracker } from './connections.js'
 import { Drain } from './drain.js'
 import { installSignals } from './signals.js'
-import { probePaths, registerProbes } from './health.js'
+import { mainPortProbePaths, setupKubernetes } from './kubernetes.js'
+import { setupProtocols } from './protocols.js'
 import type { CloserFunction, CloserOptions } from './closers.js'
 import type { DrainReport } from './report.js'
 import type { DrainState } from './state.js'
@@ -24,9 +25,21 @@ export interface GracefulDrain {
   start (reason?: string): Promise<DrainReport>
   /** Closes a resource after the last response and after the app's onClose hooks; last added, first closed. */
   addCloser (name: string, fn: CloserFunction, options?: CloserOptions): void
+  /** Readiness says 'starting' until `task` resolves (and for good if it rejects): migrations, cache warm-up. */
+  startupTask (name: string, task: PromiseLike<unknown>): void
+  /** The port the health listener is bound to (`healthPort`, or the one picked for 0), once it listens. */
+  readonly healthPort: number | undefined
 }
 
 declare module 'fastify' {
+  interface FastifyRequest {
+    /**
+     * Aborts shortly before the drain's budget for in-flight requests runs out
+     * (1 s before, or a tenth of that budget if less): pass it to your database
+     * query or upstream call, catch the abort and answer, instead of having the socket cut.
+     */
+    readonly drainSignal: AbortSignal
+  }
   interface FastifyInstance {
     drain: GracefulDrain
   }
@@ -36,13 +49,26 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   if (fastify.hasDecorator('drain')) throw new AlreadyRegisteredError()
   const options = resolveOptions(opts)
   const log = fastify.log.child({ plugin: 'fastify-graceful-drain' })
-  const probes = probePaths(options)
+  const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
   const tracker = new ConnectionTracker(fastify.server, url => url !== undefined && probes.has(url.split('?', 1)[0] ?? url))
   const drain = new Drain(fastify as FastifyInstance, options, log, tracker)
+  // Probes, health port, preStop, readiness checks, diagnostics_channel, metrics: see kubernetes.ts.
+  const kubernetes = await setupKubernetes(fastify as FastifyInstance, options, log, drain, tracker)
+  // HTTP/2 GOAWAY, WebSocket 1001, event-stream counts, request.drainSignal: see protocols.ts.
+  setupProtocols(fastify as FastifyInstance, options, drain, tracker)
 
+  // Only a signal after a signal forces the exit: the SIGTERM that follows a
+  // preStop call (or fastify.drain.start()) is the expected one, and joins the
+  // drain already running without a second delay.
+  let signalled = false
   const signals = installSignals(options.signals, signal => {
-    if (drain.state === 'draining' || drain.state === 'closing') return drain.forceExit(signal)
+    if (signalled) return drain.forceExit(signal)
+    signalled = true
+    if (drain.state === 'draining' || drain.state === 'closing') {
+      log.info({ signal, state: drain.state }, `${signal} received: the drain is already running, continuing it`)
+      return
+    }
     // SIGINT is Ctrl-C in a terminal: nobody routes traffic here, so skip the delay.
     drain.start(signal, { signal, skipDelay: signal === 'SIGINT' }).catch(() => {})
   })
@@ -61,11 +87,11 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     get inFlight () { return drain.inFlight },
     get report () { return drain.report },
     start: (reason?: string) => drain.start(reason ?? 'api'),
-    addCloser: (name: string, fn: CloserFunction, closerOptions?: CloserOptions) => drain.addCloser(name, fn, closerOptions)
+    addCloser: (name: string, fn: CloserFunction, closerOptions?: CloserOptions) => drain.addCloser(name, fn, closerOptions),
+    startupTask: (name: string, task: PromiseLike<unknown>) => kubernetes.startupTask(name, task),
+    get healthPort () { return kubernetes.healthPort }
   })
   fastify.decorate('drain', api)
-
-  registerProbes(fastify as FastifyInstance, options, { get state () { return drain.state }, failingCheck: async () => undefined })
 
   fastify.addHook('onListen', async () => { drain.markReady() })
   fastify.addHook('onClose', async () => {
@@ -86,8 +112,9 @@ export default gracefulDrain
 export { gracefulDrain as 'module.exports' }
 
 export { resolveOptions, defaults } from './options.js'
-export type { GracefulDrainOptions, ReadinessOptions, LivenessOptions, PreStopOptions, ReadinessCheck, ExitFunction, ResolvedOptions } from './options.js'
-export type { DrainReport, DrainPhases } from './report.js'
+export type { GracefulDrainOptions, ReadinessOptions, LivenessOptions, PreStopOptions, ReadinessCheck, ExitFunction, ResolvedOptions, MetricsOptions, MetricsRegistry } from './options.js'
+export { channels as diagnosticsChannels } from './diagnostics.js'
+export type { DrainReport, DrainPhases, LongLivedCounts } from './report.js'
 export type { DrainState } from './state.js'
 export type { CloserFunction, CloserOptions, CloserOutcome } from './closers.js'
 export type { GracefulDrainError } from './errors.js'

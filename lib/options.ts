@@ -28,6 +28,20 @@ export interface PreStopOptions {
   token?: string
 }
 
+/** The part of a prom-client `Registry` the plugin uses; pass your own (prom-client's classes are structural). */
+export interface MetricsRegistry {
+  registerMetric (metric: any): void
+  getSingleMetric (name: string): unknown
+  removeSingleMetric (name: string): void
+}
+
+export interface MetricsOptions {
+  /** Where to register the metrics. @default prom-client's global `register` */
+  registry?: MetricsRegistry
+  /** Prefix of every metric name. @default 'fastify_graceful_drain_' */
+  prefix?: string
+}
+
 /** Called instead of `process.exit` when the drain ends. */
 export type ExitFunction = (code: number, report: DrainReport) => void | Promise<void>
 
@@ -60,6 +74,8 @@ export interface GracefulDrainOptions {
   probeLogLevel?: string
   /** `true` calls `process.exit`, `false` never exits (tests, embedding), a function is called instead. @default true */
   exit?: boolean | ExitFunction
+  /** Prometheus metrics through the app's prom-client (loaded only when set): `true` for its global registry. @default false */
+  metrics?: MetricsOptions | boolean
 }
 
 export interface ResolvedOptions {
@@ -77,6 +93,7 @@ export interface ResolvedOptions {
   readonly preStop: Readonly<{ path: string, token: string | undefined }> | false
   readonly probeLogLevel: string
   readonly exit: boolean | ExitFunction
+  readonly metrics: Readonly<{ registry: MetricsRegistry | undefined, prefix: string }> | false
 }
 
 export const defaults = Object.freeze({
@@ -92,13 +109,14 @@ export const defaults = Object.freeze({
   checkTimeout: 1_000,
   checkCacheTtl: 1_000,
   healthHost: '0.0.0.0',
-  probeLogLevel: 'silent'
+  probeLogLevel: 'silent',
+  metricsPrefix: 'fastify_graceful_drain_'
 })
 
 const MIN_TOKEN_LENGTH = 16
 const LOG_LEVELS = new Set(['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'])
 const KNOWN_OPTIONS = new Set(['gracePeriod', 'drainDelay', 'quietPeriod', 'maxDrainDelay', 'exitMargin', 'closeTimeout',
-  'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit'])
+  'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit', 'metrics'])
 
 function milliseconds (name: string, value: unknown, fallback: number, { positive = false } = {}): number {
   if (value === undefined) return fallback
@@ -187,6 +205,25 @@ function resolveExit (value: unknown): boolean | ExitFunction {
   return value as boolean | ExitFunction
 }
 
+function resolveMetrics (value: unknown): ResolvedOptions['metrics'] {
+  if (value === undefined || value === false) return false
+  if (value !== true && !isObject(value)) {
+    throw new InvalidOptionError('metrics', 'true, false or an object { registry, prefix }', value)
+  }
+  const input = value === true ? {} : value
+  const registry = input.registry
+  if (registry !== undefined && (!isObject(registry) || typeof registry.registerMetric !== 'function' ||
+    typeof registry.getSingleMetric !== 'function' || typeof registry.removeSingleMetric !== 'function')) {
+    throw new InvalidOptionError('metrics.registry', 'a prom-client Registry', registry, 'e.g. metrics: { registry: new Registry() }')
+  }
+  const prefix = input.prefix ?? defaults.metricsPrefix
+  // Prometheus metric names: [a-zA-Z_:][a-zA-Z0-9_:]*; the prefix may be empty.
+  if (typeof prefix !== 'string' || !/^([a-zA-Z_:][a-zA-Z0-9_:]*)?$/.test(prefix)) {
+    throw new InvalidOptionError('metrics.prefix', 'a valid Prometheus metric name prefix', prefix, `e.g. '${defaults.metricsPrefix}'`)
+  }
+  return Object.freeze({ registry: registry as MetricsRegistry | undefined, prefix })
+}
+
 function resolveHealthPort (value: unknown): number | undefined {
   if (value === undefined) return undefined
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 65535) {
@@ -243,6 +280,7 @@ export function resolveOptions (input: GracefulDrainOptions = {}): ResolvedOptio
     healthHost,
     preStop: resolvePreStop(input.preStop, healthPort),
     probeLogLevel,
-    exit: resolveExit(input.exit)
+    exit: resolveExit(input.exit),
+    metrics: resolveMetrics(input.metrics)
   })
 }

@@ -1,0 +1,79 @@
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { ResolvedOptions } from './options.js'
+import type { Drain } from './drain.js'
+import type { ConnectionTracker } from './connections.js'
+import type { DrainState } from './state.js'
+import { probePaths, registerProbes, type ReadinessSource } from './health.js'
+import { ReadinessChecks } from './readiness-checks.js'
+import { StartupTasks } from './startup-tasks.js'
+import { createHealthPort, type HealthPort } from './health-port.js'
+import { registerPreStop } from './prestop.js'
+import { publishDiagnostics } from './diagnostics.js'
+import { registerMetrics } from './metrics.js'
+
+export interface KubernetesWiring {
+  /** `fastify.drain.startupTask()`: readiness says 'starting' until `task` resolves. */
+  startupTask (name: string, task: PromiseLike<unknown>): void
+  /** The health listener's bound port, once it listens. */
+  readonly healthPort: number | undefined
+}
+
+/**
+ * The paths on the main port that are not in-flight work: the probes, unless
+ * they moved to the health port, and a token-guarded preStop endpoint (its
+ * call lasts the whole delay and must not hold the quiet period open).
+ */
+export function mainPortProbePaths (options: ResolvedOptions): Set<string> {
+  const paths = options.healthPort === undefined ? probePaths(options) : new Set<string>()
+  if (options.preStop !== false && options.healthPort === undefined) paths.add(options.preStop.path)
+  return paths
+}
+
+/**
+ * Wires what Kubernetes talks to: the probes (on the main port or the health
+ * port), readiness checks and startup tasks, the preStop endpoint, and the
+ * observability outputs (diagnostics_channel, Prometheus metrics).
+ */
+export async function setupKubernetes (
+  app: FastifyInstance,
+  options: ResolvedOptions,
+  log: FastifyBaseLogger,
+  drain: Drain,
+  tracker: ConnectionTracker
+): Promise<KubernetesWiring> {
+  const startup = new StartupTasks(log)
+  const checks = options.readiness === false ? undefined : new ReadinessChecks(options.readiness, log)
+  const source: ReadinessSource = {
+    // 'ready' in the drain's sense (listening) is not ready for traffic while startup tasks run.
+    get state (): DrainState { return drain.state === 'ready' && startup.blocking ? 'starting' : drain.state },
+    failingCheck: async () => await checks?.failingCheck()
+  }
+  const routes = (target: FastifyInstance): void => {
+    registerProbes(target, options, source)
+    if (options.preStop === false) return
+    registerPreStop(target, { ...options.preStop, drainDelay: options.drainDelay, logLevel: options.probeLogLevel }, drain)
+  }
+
+  let health: HealthPort | undefined
+  if (options.healthPort === undefined) routes(app)
+  else {
+    health = createHealthPort(app, options.healthPort, options.healthHost, log, routes)
+    // Open until the exit: the kubelet keeps probing through the whole drain.
+    drain.events.once('closed', () => { health?.close().catch(() => {}) })
+  }
+
+  publishDiagnostics(drain, tracker, options)
+  const metrics = options.metrics === false ? undefined : await registerMetrics(options.metrics, drain, tracker)
+
+  app.addHook('onClose', async () => {
+    // During a drain fastify.close() runs before the report: the health port must outlive it.
+    if (drain.state === 'draining' || drain.state === 'closing') return
+    metrics?.dispose()
+    await health?.close()
+  })
+
+  return {
+    startupTask: (name, task) => startup.add(name, task),
+    get healthPort () { return health?.port }
+  }
+}

@@ -1,0 +1,99 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { ReadinessCheck } from './options.js'
+import { now, unrefTimer } from './deadline.js'
+
+interface CheckResult {
+  readonly ok: boolean
+  /** Why it failed, for the log: 'false', 'returned a string', 'timed out after 1000 ms', the error message. */
+  readonly why: string
+  readonly at: number
+}
+
+interface CheckEntry {
+  readonly name: string
+  readonly fn: ReadinessCheck
+  cached: CheckResult | undefined
+  /** The call still running, so a hung check is never called again until it settles (no pile-up of calls). */
+  running: Promise<CheckResult> | undefined
+  /** What was last logged: we log state changes, not every probe. */
+  logged: boolean | undefined
+}
+
+export interface ReadinessChecksOptions {
+  readonly checks: Readonly<Record<string, ReadinessCheck>>
+  readonly checkTimeout: number
+  readonly checkCacheTtl: number
+}
+
+/**
+ * The user's readiness checks, behind a timeout and a short cache. A probe
+ * waits at most `checkTimeout` whatever a check does (throws, hangs, returns
+ * a non-boolean), and a check runs at most once per `checkCacheTtl` however
+ * many probes (kubelet, load balancers) ask, so probes cannot hammer a
+ * dependency that is already struggling.
+ */
+export class ReadinessChecks {
+  readonly #entries: CheckEntry[]
+  readonly #timeout: number
+  readonly #ttl: number
+  readonly #log: FastifyBaseLogger
+
+  constructor (options: ReadinessChecksOptions, log: FastifyBaseLogger) {
+    this.#entries = Object.entries(options.checks)
+      .map(([name, fn]) => ({ name, fn, cached: undefined, running: undefined, logged: undefined }))
+    this.#timeout = options.checkTimeout
+    this.#ttl = options.checkCacheTtl
+    this.#log = log
+  }
+
+  get size (): number {
+    return this.#entries.length
+  }
+
+  /** Runs the checks in parallel; resolves the name of the first failing one (in declaration order), or undefined. */
+  async failingCheck (): Promise<string | undefined> {
+    if (this.#entries.length === 0) return undefined
+    const results = await Promise.all(this.#entries.map(entry => this.#evaluate(entry)))
+    return this.#entries.find((_entry, i) => results[i]?.ok !== true)?.name
+  }
+
+  async #evaluate (entry: CheckEntry): Promise<CheckResult> {
+    if (entry.cached !== undefined && now() - entry.cached.at < this.#ttl) return entry.cached
+    entry.running ??= this.#call(entry)
+    const result = await withTimeout(entry.running, this.#timeout)
+    entry.cached = result
+    if (entry.logged !== result.ok) {
+      // The first result is only worth a line when it is a failure.
+      if (!result.ok) this.#log.warn({ check: entry.name, why: result.why }, `readiness check "${entry.name}" failing: ${result.why}`)
+      else if (entry.logged === false) this.#log.info({ check: entry.name }, `readiness check "${entry.name}" passing again`)
+      entry.logged = result.ok
+    }
+    return result
+  }
+
+  #call (entry: CheckEntry): Promise<CheckResult> {
+    // Wrapped so a check that throws synchronously is a failure like any other.
+    const running = (async () => await entry.fn())()
+      .then(
+        (value: unknown): CheckResult => typeof value === 'boolean'
+          ? { ok: value, why: value ? 'passed' : 'returned false', at: now() }
+          : { ok: false, why: `returned ${describe(value)} instead of a boolean`, at: now() },
+        (error: unknown): CheckResult => ({ ok: false, why: `threw: ${error instanceof Error ? error.message : String(error)}`, at: now() })
+      )
+    running.finally(() => { if (entry.running === running) entry.running = undefined }).catch(() => {})
+    return running
+  }
+}
+
+function withTimeout (running: Promise<CheckResult>, timeout: number): Promise<CheckResult> {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<CheckResult>(resolve => {
+    timer = unrefTimer(timeout, () => resolve({ ok: false, why: `timed out after ${timeout} ms`, at: now() }))
+  })
+  return Promise.race([running, expired]).finally(() => clearTimeout(timer))
+}
+
+function describe (value: unknown): string {
+  if (value === null) return 'null'
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`
+}
