@@ -177,6 +177,8 @@ export class Drain {
     const planned = skipDelay ? 0 : drainDelay
     this.#delay.plannedMs = planned
     await sleep(deadline.until(planned), this.#forced.signal)
+    // Timer lateness on a busy machine is not an extension: measure from when the planned delay really ended.
+    const plannedEnd = deadline.elapsed()
     if (!skipDelay && quietPeriod > 0) {
       // Load balancers that notice late keep sending; closing now would refuse their traffic.
       while (!this.#forced.signal.aborted) {
@@ -186,8 +188,9 @@ export class Drain {
         await sleep(Math.min(quietAt, capAt) - now(), this.#forced.signal)
       }
     }
-    this.#delay.actualMs = round(deadline.elapsed())
-    this.#delay.extendedMs = Math.max(0, this.#delay.actualMs - planned)
+    const actual = deadline.elapsed()
+    this.#delay.actualMs = round(actual)
+    this.#delay.extendedMs = round(actual - plannedEnd)
     // Only worth a warning when the extension is large enough to mean the LB is slower than drainDelay.
     if (this.#delay.extendedMs > Math.max(quietPeriod, 50)) {
       this.#log.warn({ drainDelay: planned, actualDelay: this.#delay.actualMs, quietPeriod },
