@@ -28,11 +28,13 @@ export function createHealthPort (
   main: FastifyInstance,
   port: number,
   host: string,
+  probeLogLevel: string,
   log: FastifyBaseLogger,
   setup: (health: FastifyInstance) => void
 ): HealthPort {
-  // Request logging is off: probes are silent by design, and a preStop token in a query string must not be logged.
-  const health = Fastify({ loggerInstance: log, disableRequestLogging: true, forceCloseConnections: true })
+  // Everything on this port logs at the probe level ('silent' by default): probes are silent by
+  // design, and a preStop token in a query string must not end up in the logs.
+  const health = Fastify({ loggerInstance: log.child({}, { level: probeLogLevel }), forceCloseConnections: true })
   setup(health as unknown as FastifyInstance)
   let bound: number | undefined
   let closed = false
@@ -66,7 +68,9 @@ export function createHealthPort (
     if (closed) return
     closed = true
     server.listen = listen
+    const wasListening = health.server.listening
     await health.close()
+    if (wasListening) log.info({ healthPort: bound }, 'health listener closed')
   }
 
   return {

@@ -51,13 +51,13 @@ export async function setupKubernetes (
   const routes = (target: FastifyInstance): void => {
     registerProbes(target, options, source)
     if (options.preStop === false) return
-    registerPreStop(target, { ...options.preStop, drainDelay: options.drainDelay, logLevel: options.probeLogLevel }, drain)
+    registerPreStop(target, { ...options.preStop, drainDelay: options.drainDelay, logLevel: options.probeLogLevel }, drain, log)
   }
 
   let health: HealthPort | undefined
   if (options.healthPort === undefined) routes(app)
   else {
-    health = createHealthPort(app, options.healthPort, options.healthHost, log, routes)
+    health = createHealthPort(app, options.healthPort, options.healthHost, options.probeLogLevel, log, routes)
     // Open until the exit: the kubelet keeps probing through the whole drain.
     drain.events.once('closed', () => { health?.close().catch(() => {}) })
   }

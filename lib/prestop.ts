@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fastify'
 import type { Drain } from './drain.js'
 import { sleep, type Deadline } from './deadline.js'
 
@@ -22,7 +22,7 @@ export interface PreStopOptions {
  * only on the health port or with a token; without the right token it answers
  * 403 and starts nothing.
  */
-export function registerPreStop (app: FastifyInstance, options: PreStopOptions, drain: Drain): void {
+export function registerPreStop (app: FastifyInstance, options: PreStopOptions, drain: Drain, log: FastifyBaseLogger): void {
   const expected = options.token === undefined ? undefined : digest(options.token)
   // A drain forced to end early (deadline, second signal) must not leave the hook waiting.
   const ended = new AbortController()
@@ -32,7 +32,8 @@ export function registerPreStop (app: FastifyInstance, options: PreStopOptions, 
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {
     reply.header('cache-control', 'no-store')
     if (expected !== undefined && !timingSafeEqual(digest(presentedToken(request)), expected)) {
-      request.log.warn({ ip: request.ip }, 'preStop endpoint called without the right token: nothing started')
+      // The plugin's logger, not the request's: that one logs at the (silent) probe level.
+      log.warn({ ip: request.ip }, 'preStop endpoint called without the right token: nothing started')
       return reply.code(403).send({ error: 'Forbidden' })
     }
     // Idempotent: a repeated call joins the drain already running and waits out the same delay.

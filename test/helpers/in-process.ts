@@ -3,6 +3,7 @@
 // parsed pino lines. `exit: false` and `signals: []` keep the test process
 // alive and its signal handlers untouched.
 import { Writable } from 'node:stream'
+import { EventEmitter } from 'node:events'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import type { Test } from 'tap'
@@ -15,14 +16,22 @@ export interface InProcessApp {
   logs: LogLine[]
   /** The main server's origin, once listening. */
   origin: () => string
+  /** Resolves with the first log line (already logged or to come) that matches. */
+  waitForLog: (match: (line: LogLine) => boolean) => Promise<LogLine>
 }
 
 /** Builds (does not listen) an app with the plugin; closes it at teardown. */
 export async function buildApp (t: Test, options: GracefulDrainOptions = {}): Promise<InProcessApp> {
   const logs: LogLine[] = []
+  const logged = new EventEmitter()
   const stream = new Writable({
     write (chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line !== '') logs.push(JSON.parse(line))
+      for (const text of chunk.toString().split('\n')) {
+        if (text === '') continue
+        const line = JSON.parse(text) as LogLine
+        logs.push(line)
+        logged.emit('line', line)
+      }
       done()
     }
   })
@@ -32,6 +41,17 @@ export async function buildApp (t: Test, options: GracefulDrainOptions = {}): Pr
   return {
     app,
     logs,
+    waitForLog (match) {
+      const found = logs.find(match)
+      if (found !== undefined) return Promise.resolve(found)
+      return new Promise(resolve => {
+        logged.on('line', function onLine (line: LogLine) {
+          if (!match(line)) return
+          logged.off('line', onLine)
+          resolve(line)
+        })
+      })
+    },
     origin () {
       const address = app.server.address()
       if (address === null || typeof address !== 'object') throw new Error('not listening')
