@@ -11,6 +11,7 @@
  * (the plugin's default, 5000), GRACE_PERIOD_MS (30000), PGAPPNAME (pg's own:
  * the application_name the backends show in pg_stat_activity).
  */
+import { once } from 'node:events'
 import Fastify from 'fastify'
 import fastifyPostgres from '@fastify/postgres'
 import gracefulDrain from 'fastify-graceful-drain'
@@ -50,6 +51,23 @@ await app.register(gracefulDrain, { drainDelay: ms('DRAIN_DELAY_MS'), gracePerio
 // Closers run after the app's onClose hooks, so the server goes only after the pool has ended.
 if (embedded !== undefined) app.drain.addCloser('embedded-postgres', () => embedded.stop())
 await app.register(fastifyPostgres, { connectionString, connectionTimeoutMillis: CONNECT_TIMEOUT_MS })
+
+// pg's pool.end(), which @fastify/postgres calls in onClose, returns once it has asked every connection to
+// close, not once they are closed. Count them, so that the pool is reported closed (and the embedded
+// server stopped) only when the last connection has really ended.
+const pool = app.pg.pool
+let connections = 0
+let lastEnded = (): void => {}
+const allEnded = new Promise<void>(resolve => { lastEnded = resolve })
+pool.on('connect', () => { connections++ })
+pool.on('remove', () => { if (--connections === 0 && pool.ending) lastEnded() })
+// An idle connection can fail (the database restarts); without a listener pg's pool would crash the process.
+pool.on('error', error => { app.log.warn({ err: error }, 'idle PostgreSQL connection failed') })
+// Added after 'embedded-postgres', so it runs before it: closers go last added, first run.
+app.drain.addCloser('postgres-connections', async signal => {
+  if (connections > 0) await Promise.race([allEnded, once(signal, 'abort')])
+  app.log.info('PostgreSQL pool closed: every connection has ended')
+})
 
 try {
   // Fail now, with the reason, rather than on the first request or never.
