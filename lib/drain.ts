@@ -211,7 +211,9 @@ export class Drain {
     const budget = new AbortController()
     const onForced = (): void => budget.abort()
     this.#forced.signal.addEventListener('abort', onForced, { once: true })
-    const budgetSpent = sleep(deadline.until(httpBudgetEnd), budget.signal)
+    // Aborting on expiry ends the loop below: a settled budgetSpent alone would make every
+    // Promise.race settle at once, a microtask loop that starves every timer, the deadline's too.
+    const budgetSpent = sleep(deadline.until(httpBudgetEnd), budget.signal).then(() => budget.abort())
     // Event-driven: re-evaluate at every socket close or response end, and when a
     // fresh or lingering socket's grace runs out; no polling.
     while (this.#tracker.size > 0 && !budget.signal.aborted) {
