@@ -140,8 +140,8 @@ export async function heldRequest (running: RunningChild, path: string): Promise
 }
 
 /** A raw keep-alive socket that has been served once and is now idle. */
-export async function idleSocket (running: RunningChild): Promise<Socket> {
-  const socket = await connectRaw(running)
+export async function idleSocket (running: RunningChild, options: { allowHalfOpen?: boolean } = {}): Promise<Socket> {
+  const socket = await connectRaw(running, options)
   socket.write(requestHead('/', '\r\n'))
   const response = await readResponse(socket)
   if (response.status !== 200 || response.headers.connection === 'close') throw new Error('expected a keep-alive response')
