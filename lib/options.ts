@@ -59,7 +59,7 @@ export interface GracefulDrainOptions {
   /** Time reserved for `fastify.close()` (the app's onClose hooks) and each closer, in ms. @default 5000 */
   closeTimeout?: number
   /** Signals that start the drain; a second one forces the exit with 128 + its number. @default ['SIGTERM', 'SIGINT'] */
-  signals?: NodeJS.Signals[]
+  signals?: readonly NodeJS.Signals[]
   /** The readiness probe, or `false` for none. @default { path: '/readyz' } */
   readiness?: ReadinessOptions | false
   /** The liveness probe, or `false` for none. @default { path: '/livez' } */

@@ -11,7 +11,7 @@ import gracefulDrain from 'fastify-graceful-drain'
 
 const serverEvents = ['request', 'connection', 'secureConnection', 'upgrade'] as const
 
-const signalListeners = (): Record<string, number> =>
+const signalListeners = (): { SIGTERM: number, SIGINT: number } =>
   ({ SIGTERM: process.listenerCount('SIGTERM'), SIGINT: process.listenerCount('SIGINT') })
 
 const serverListeners = (app: FastifyInstance): Record<string, number> =>

@@ -117,7 +117,7 @@ t.test('installed from the tarball, it works from require(), import and TypeScri
   t.same(JSON.parse(esm.stdout), { ...expected, gracePeriod: true }, 'import default and named, which serve /readyz')
 
   // TypeScript consumers under module nodenext, from a CommonJS and an ESM file. The
-  // @ts-expect-error lines make the check fail if the option types stopped catching mistakes.
+  // lines marked expect-error make the check fail if the option types stopped catching mistakes.
   await writeFile(join(project, 'consumer-cjs.cts'), `
     import gracefulDrain = require('fastify-graceful-drain')
     import Fastify = require('fastify')
