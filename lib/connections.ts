@@ -38,6 +38,8 @@ interface Connection {
 }
 
 type TrackedSocket = Socket & { [kConnection]?: Connection }
+/** Only HTTP/2 responses carry their connection: once a stream has closed, its `req.socket` proxy no longer reaches the session's socket. */
+type TrackedResponse = ServerResponse & { [kConnection]?: Connection }
 
 export interface ConnectionCounts {
   open: number
@@ -171,6 +173,8 @@ export class ConnectionTracker {
       if (conn.response !== undefined) cut.push(describe(conn.response.req))
       else if (conn.upgraded) cut.push('(upgraded connection)')
       else if (conn.reader.bytesRead > conn.bytesAtRest) cut.push('(incomplete request)')
+      // HTTP/2 streams (or pipelined requests) beside the one named above: only the latest is kept, per socket.
+      for (let i = conn.response === undefined ? 0 : 1; i < conn.inFlight; i++) cut.push('(concurrent request on the same connection)')
       // A socket we already ended with nothing on it is lingering, not cut.
       const lingering = conn.endedAt !== undefined && conn.inFlight === 0 && !conn.upgraded
       if (!lingering) {
@@ -180,6 +184,11 @@ export class ConnectionTracker {
       conn.socket.destroy()
     }
     return cut
+  }
+
+  /** The response being written on each socket (on HTTP/2, the latest stream), for the report's event-stream counts. */
+  * responses (): Generator<ServerResponse> {
+    for (const conn of this.#connections) if (conn.response !== undefined) yield conn.response
   }
 
   /** Sockets upgraded away from HTTP (WebSocket): Node's own bookkeeping no longer sees them. */
@@ -239,7 +248,7 @@ export class ConnectionTracker {
   }
 
   #responseEnded (res: ServerResponse): void {
-    const conn = (res.req.socket as TrackedSocket)[kConnection]
+    const conn = (res as TrackedResponse)[kConnection] ?? (res.req.socket as TrackedSocket)[kConnection]
     this.#inFlight--
     if (conn === undefined) return
     conn.inFlight--
@@ -261,6 +270,7 @@ export class ConnectionTracker {
     conn.inFlight++
     conn.served++
     conn.response = res
+    if (req.httpVersionMajor === 2) (res as TrackedResponse)[kConnection] = conn
     this.#inFlight++
     res.on('close', this.#onResponseClose)
     if (this.#draining) {

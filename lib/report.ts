@@ -44,6 +44,21 @@ export interface DrainReport {
   forced: boolean
   exitCode: number
   durationMs: number
+  /** HTTP/2 sessions open at the drain start or opened during it (present on an `http2: true` server). */
+  http2Sessions?: LongLivedCounts
+  /** WebSockets (@fastify/websocket) told to go away with close code 1001 (present when there were any). */
+  webSockets?: LongLivedCounts
+  /** `text/event-stream` responses open during the drain (present when there were any). */
+  eventStreams?: LongLivedCounts
+}
+
+/** Long-lived connections of one kind: how many the drain had to end, and how they ended. */
+export interface LongLivedCounts {
+  total: number
+  /** Ended before the budget ran out: by the handler, the peer, or a completed close handshake. */
+  closedGracefully: number
+  /** Still open when the budget was spent, and destroyed. */
+  destroyed: number
 }
 
 export const round = (ms: number): number => Math.round(ms)

@@ -38,3 +38,14 @@ export function parentSocket (socket: Socket): Socket | undefined {
 export function closeAfterResponse (res: ServerResponse): void {
   if (!res.headersSent) res.shouldKeepAlive = false
 }
+
+/**
+ * The header block an HTTP/1 response has written, or undefined. Headers given
+ * to `writeHead(status, { … })` without an earlier setHeader() are written
+ * without ever being stored where getHeader() can read them (SSE handlers
+ * commonly do exactly that); `_header` is the only place they can be read back.
+ */
+export function headerBlock (res: ServerResponse): string | undefined {
+  const block = (res as ServerResponse & { _header?: unknown })._header
+  return typeof block === 'string' ? block : undefined
+}

@@ -1,0 +1,43 @@
+import type { FastifyInstance } from 'fastify'
+import type { Drain } from './drain.js'
+import type { Deadline } from './deadline.js'
+import type { ResolvedOptions } from './options.js'
+
+/** How long before the in-flight budget runs out `request.drainSignal` aborts, at most. */
+export const REQUEST_SIGNAL_MARGIN_MS = 1_000
+
+/**
+ * When `request.drainSignal` aborts, in ms after the drain start: a margin
+ * before the in-flight budget (gracePeriod − exitMargin − closeTimeout) runs
+ * out, so a handler has time to cancel its query or upstream call and answer,
+ * instead of having its socket cut. The margin is 1 s, or a tenth of the
+ * budget when that is shorter, so a short budget keeps most of its time for the work.
+ */
+export function requestSignalAt (options: ResolvedOptions): number {
+  const budget = options.gracePeriod - options.exitMargin - options.closeTimeout
+  return budget - Math.min(REQUEST_SIGNAL_MARGIN_MS, budget / 10)
+}
+
+/**
+ * `request.drainSignal`: one AbortSignal shared by every request of the app,
+ * since they all share the drain's budget. A getter on the Request prototype,
+ * so a request that never reads it costs nothing; one timer per drain, not per request.
+ */
+export function registerRequestSignal (fastify: FastifyInstance, drain: Drain, options: ResolvedOptions): void {
+  const controller = new AbortController()
+  let timer: NodeJS.Timeout | undefined
+  const abort = (why: string): void => {
+    clearTimeout(timer)
+    // An AbortError, so fetch/undici reject with it as with any other abort.
+    if (!controller.signal.aborted) controller.abort(new DOMException(why, 'AbortError'))
+  }
+  fastify.decorateRequest('drainSignal', { getter () { return controller.signal } })
+  drain.events.on('draining', (deadline: Deadline) => {
+    // unref'd: the drain's deadline timer is what keeps the process alive.
+    timer = setTimeout(abort, deadline.until(requestSignalAt(options)), 'the drain budget for in-flight requests is about to run out')
+    timer.unref()
+  })
+  // A forced end (deadline, second signal) cuts the sockets right after this: tell the handlers first.
+  drain.events.on('budgetSpent', () => abort('the drain budget for in-flight requests is spent'))
+  drain.events.on('closed', () => abort('the drain has ended'))
+}
