@@ -184,8 +184,19 @@ cases.push(
   ['exit', { exit: 'yes' }, '"yes"', 'true, false or a function'],
   ['exit', { exit: 0 }, '0', 'true, false or a function'],
   ['drainDelays', { drainDelays: 1000 }, '1000', 'known options are gracePeriod, drainDelay'],
-  ['options', null as unknown as Record<string, unknown>, 'null', 'an object']
+  ['options', null as unknown as Record<string, unknown>, 'null', 'an object'],
+  // Values JSON cannot render still show up readably in the message.
+  ['exit', { exit: 10n }, '10n', 'true, false or a function'],
+  ['healthHost', { healthHost: Symbol('host') }, 'Symbol(host)', "e.g. healthHost: '0.0.0.0'"],
+  ['probeLogLevel', { probeLogLevel: function level () {} }, 'function level', 'one of silent'],
+  ['liveness.path', { liveness: { path: circular() } }, '[object Object]', "e.g. liveness.path: '/livez'"]
 )
+
+function circular (): object {
+  const value: Record<string, unknown> = {}
+  value.self = value
+  return value
+}
 
 t.test('every bad value fails with a coded TypeError naming the option, the value and the fix', async t => {
   for (const [option, input, shown, fix] of cases) {
