@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap'
 import { performance } from 'node:perf_hooks'
 import { killChild, startChild, type RunningChild } from './helpers/child.js'
-import { createPool, errorCode, get, getOnNewConnection, howClosed, idleSocket } from './helpers/http.js'
+import { connectRaw, createPool, errorCode, get, getOnNewConnection, heldRequest, howClosed, idleSocket, readResponse, requestHead } from './helpers/http.js'
 
 const drainStarted = (line: { msg: string }): boolean => line.msg.startsWith('drain started')
 
@@ -70,6 +70,28 @@ for (const https of [false, true]) {
     t.equal(response.status, 200)
     t.equal(response.headers.connection, 'close')
     t.equal((await running.exited).code, 0)
+  })
+
+  t.test(`${protocol}: closing the listener cuts no request that is already on its way`, async t => {
+    const running = await start(t, { drainDelay: 5000 })
+    // Accepted, but its first request not sent yet: it is probably on the wire (DESIGN §4).
+    const fresh = await connectRaw(running)
+    t.teardown(() => fresh.destroy())
+    // Served once, then the next request half-sent: unread bytes on an otherwise idle socket.
+    const held = await heldRequest(running, '/port')
+    t.teardown(() => held.socket.destroy())
+    // SIGINT: no delay, the listener closes and idle sockets are closed at once.
+    running.kill('SIGINT')
+    await running.waitForLog(drainStarted)
+    const first = readResponse(fresh)
+    fresh.write(requestHead('/port', '\r\n'))
+    const [freshResponse, heldResponse] = await Promise.all([first, held.finish()])
+    t.equal(freshResponse.status, 200, 'the fresh socket\'s first request is served')
+    t.equal(freshResponse.headers.connection, 'close')
+    t.equal(heldResponse.status, 200, 'the half-sent request is served')
+    t.equal(heldResponse.headers.connection, 'close')
+    t.equal((await running.exited).code, 0)
+    t.match(running.report(), { requests: { cut: [] }, connections: { destroyed: 0 } })
   })
 
   t.test(`${protocol}: an idle keep-alive connection does not hold the drain for keepAliveTimeout`, async t => {
