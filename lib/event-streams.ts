@@ -27,7 +27,8 @@ export class EventStreams {
   /** Notes the event streams open now; each counts as closed gracefully if it ends before the budget. */
   collect (): void {
     for (const res of this.#tracker.responses()) {
-      if (this.#counted.has(res) || res.writableEnded || !isEventStream(res)) continue
+      // writableFinished, not writableEnded: a stream ended into full buffers (a client that never reads) is still open.
+      if (this.#counted.has(res) || res.writableFinished || !isEventStream(res)) continue
       this.#counted.add(res)
       this.#open.add(res)
       this.#seen++
@@ -58,7 +59,9 @@ export function isEventStream (res: ServerResponse): boolean {
 /** Wires the event-stream counts into the drain. */
 export function trackEventStreams (tracker: ConnectionTracker, drain: Drain): EventStreams {
   const streams = new EventStreams(tracker)
-  drain.events.on('draining', () => streams.collect())
+  // Not the 'draining' event: handlers end their streams in their own abort
+  // listeners, before it; this one was added at registration, so it runs first.
+  drain.signal.addEventListener('abort', () => streams.collect(), { once: true })
   drain.events.on('closing', () => streams.collect())
   drain.events.on('budgetSpent', () => streams.budgetSpent())
   drain.addReportSection('eventStreams', () => streams.counts())
