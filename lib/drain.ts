@@ -167,7 +167,10 @@ export class Drain {
     await this.#closeResources()
     if (this.#forced.signal.aborted) return
     const failed = this.#outcomes.some(outcome => outcome.outcome !== 'ok')
-    await this.#finish(this.#cut.length > 0 || failed ? 1 : 0)
+    // Any socket destroyed at the budget was forced, named in `cut` or not (one that never sent a request):
+    // the exit code says what the report's `forced` says.
+    const forced = this.#cut.length > 0 || this.#tracker.counts().destroyed > 0
+    await this.#finish(forced || failed ? 1 : 0)
   }
 
   /** Delay phase: serve normally for drainDelay, then until a quiet period passes without requests. */

@@ -24,12 +24,12 @@ const start = async (test: Test, extra: object = {}): Promise<RunningChild> => {
 }
 
 /** SIGTERM, wait for the exit, check it came before gracePeriod with `code`, and record the figure. */
-async function terminate (t: Test, running: RunningChild, scenario: string, code: number): Promise<Record<string, any>> {
+async function terminate (t: Test, running: RunningChild, scenario: string, code: number, grace = gracePeriod): Promise<Record<string, any>> {
   running.kill('SIGTERM')
   // A process that outlives gracePeriod by far is the kubelet's SIGKILL: do the same, and fail clearly.
   let timer: NodeJS.Timeout | undefined
   const killed = new Promise<void>(resolve => {
-    timer = setTimeout(() => { killChild(running); resolve() }, gracePeriod + 3000)
+    timer = setTimeout(() => { killChild(running); resolve() }, grace + 3000)
   })
   await Promise.race([running.exited, killed])
   clearTimeout(timer)
@@ -39,7 +39,7 @@ async function terminate (t: Test, running: RunningChild, scenario: string, code
   figures.push({ scenario, code: exit.code, ms })
   t.comment(`${scenario}: exit ${exit.code} after ${ms} ms`)
   // The bound is the whole promise: gone before the kubelet's SIGKILL at gracePeriod.
-  t.ok(ms < gracePeriod, `exited ${ms} ms after SIGTERM, before gracePeriod (${gracePeriod} ms)`)
+  t.ok(ms < grace, `exited ${ms} ms after SIGTERM, before gracePeriod (${grace} ms)`)
   t.equal(exit.code, code, `exit code ${code}`)
   const report = running.report()
   t.ok(report, 'the drain report was logged before the exit')
@@ -115,6 +115,17 @@ t.test('a client that connected and never sent a byte', async t => {
   const report = await terminate(t, running, 'silent fresh socket (never sends a byte)', 0)
   t.same(report.requests.cut, [])
   t.equal(report.connections.destroyed, 0)
+})
+
+t.test('a silent socket still within its grace when a short budget runs out', async t => {
+  // HTTP budget: 1000 − 200 − 300 = 500 ms, shorter than the fresh-socket grace (1 s): the socket is destroyed, not ended.
+  const running = await start(t, { options: { gracePeriod: 1000, drainDelay: 0, quietPeriod: 0, closeTimeout: 300, exitMargin: 200 } })
+  const socket = await connectRaw(running)
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  const report = await terminate(t, running, 'silent fresh socket, budget shorter than its grace (gracePeriod 1000)', 1, 1000)
+  // Regression: the report said forced with one socket destroyed, yet the exit code was 0.
+  t.match(report, { forced: true, connections: { destroyed: 1 }, requests: { cut: [] } })
 })
 
 t.test('an onClose hook that never resolves', async t => {
