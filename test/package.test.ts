@@ -4,8 +4,9 @@
 // metadata and the types' resolution.
 
 import t from 'tap'
-import { execFile } from 'node:child_process'
-import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -56,7 +57,8 @@ t.test('attw: the types resolve for node16 (ESM and CJS) and bundlers', async t 
   t.same(Object.keys(problems).filter(kind => kind !== 'CJSResolvesToESM'), [], 'no other problem')
 })
 
-t.test('installed from the tarball, it works from require(), import and TypeScript', async t => {
+/** A new project with the tarball installed, as a user's project would have it. */
+async function consumerProject (): Promise<string> {
   const project = join(work, 'consumer')
   await mkdir(project)
   await writeFile(join(project, 'package.json'), JSON.stringify({ name: 'consumer', private: true }))
@@ -68,7 +70,11 @@ t.test('installed from the tarball, it works from require(), import and TypeScri
   for (const name of ['fastify', join('@types', 'node')]) {
     await symlink(join(root, 'node_modules', name), join(project, 'node_modules', name), 'dir')
   }
+  return project
+}
+const project = await consumerProject()
 
+t.test('installed from the tarball, it works from require() and import', async t => {
   // Each consumer registers the plugin the documented way, listens and asks /readyz.
   const useIt = `
     const app = Fastify()
@@ -115,7 +121,9 @@ t.test('installed from the tarball, it works from require(), import and TypeScri
   t.same(JSON.parse(cjs.stdout), expected, 'require() returns the plugin, which serves /readyz')
   const esm = await exec(process.execPath, ['consumer.mjs'], project)
   t.same(JSON.parse(esm.stdout), { ...expected, gracePeriod: true }, 'import default and named, which serve /readyz')
+})
 
+t.test('installed from the tarball, its types work for TypeScript consumers (CommonJS and ESM)', async t => {
   // TypeScript consumers under module nodenext, from a CommonJS and an ESM file. The
   // lines marked expect-error make the check fail if the option types stopped catching mistakes.
   await writeFile(join(project, 'consumer-cjs.cts'), `
@@ -147,4 +155,64 @@ t.test('installed from the tarball, it works from require(), import and TypeScri
   const tsc = await exec(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '.'], project)
     .then(() => 'ok', (error: { stdout?: string }) => error.stdout ?? String(error))
   t.equal(tsc, 'ok', 'the shipped types compile for CommonJS and ESM TypeScript consumers')
+})
+
+t.test('the README quick start, pasted into the new project, drains on SIGTERM and exits 0', async t => {
+  const readme = await readFile(join(root, 'README.md'), 'utf8')
+  const block = /## Quick start[\s\S]*?```ts\n([\s\S]*?)```/.exec(readme)?.[1]
+  if (block === undefined) return t.fail('README.md has no ```ts block under "## Quick start"')
+  // The only edit: an ephemeral port on 127.0.0.1 instead of 3000 on every interface.
+  const code = block.replace(/port:\s*\d+/, 'port: 0').replace(/host:\s*'0\.0\.0\.0'/, "host: '127.0.0.1'")
+  t.not(code, block, 'the quick start listens on a port the test could change')
+  await writeFile(join(project, 'quickstart.mjs'), code)
+
+  const child = spawn(process.execPath, ['quickstart.mjs'], { cwd: project, env, stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  const lines: Array<Record<string, unknown>> = []
+  const waiters: Array<{ match: (line: Record<string, unknown>) => boolean, resolve: (line: Record<string, unknown>) => void }> = []
+  /** Resolves with the first log line (past or future) that matches; rejects if the process exits first. */
+  const logLine = (match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> => {
+    const seen = lines.find(match)
+    if (seen !== undefined) return Promise.resolve(seen)
+    return new Promise((resolve, reject) => {
+      waiters.push({ match, resolve })
+      exited.then(([code, signal]) => reject(new Error(`quick start exited (${code ?? signal}) first`)), reject)
+    })
+  }
+  let buffered = ''
+  child.stdout.on('data', (chunk: Buffer) => {
+    buffered += chunk.toString()
+    let newline
+    while ((newline = buffered.indexOf('\n')) !== -1) {
+      const line = JSON.parse(buffered.slice(0, newline)) as Record<string, unknown>
+      buffered = buffered.slice(newline + 1)
+      lines.push(line)
+      for (const waiter of waiters) if (waiter.match(line)) waiter.resolve(line)
+    }
+  })
+  const listening = logLine(line => /^Server listening at http:\/\/127\.0\.0\.1:\d+$/.test(String(line.msg)))
+    .then(line => String(line.msg).slice('Server listening at '.length))
+  const origin = await listening
+  t.equal(await (await fetch(`${origin}/`)).text(), 'hello')
+  t.equal((await fetch(`${origin}/readyz`)).status, 200, 'ready')
+
+  const signalledAt = performance.now()
+  child.kill('SIGTERM')
+  // The signal reaches the child's event loop asynchronously: ask once it says the drain started.
+  await logLine(line => String(line.msg).startsWith('drain started'))
+  const draining = await fetch(`${origin}/readyz`)
+  t.equal(draining.status, 503, 'readiness fails right after SIGTERM')
+  t.same(await draining.json(), { status: 'draining' })
+  t.equal((await fetch(`${origin}/livez`)).status, 200, 'liveness stays 200')
+  t.equal(await (await fetch(`${origin}/`)).text(), 'hello', 'still serving during the delay')
+
+  const [exitCode, signal] = await exited
+  const ms = performance.now() - signalledAt
+  t.same({ exitCode, signal }, { exitCode: 0, signal: null }, 'exit code 0: everything closed in time')
+  // The quick start sets gracePeriod 30 s and drainDelay 5 s: the exit comes after the delay and well
+  // before the grace period (a generous bound: the machine may be loaded, the plugin must not wait 72 s).
+  t.ok(ms >= 5_000 && ms < 29_000, `SIGTERM → exit in ${Math.round(ms)} ms`)
+  const report = lines.find(line => line.drainReport !== undefined)?.drainReport
+  t.match(report, { reason: 'SIGTERM', signal: 'SIGTERM', exitCode: 0, forced: false }, 'one drain report in the log')
 })
