@@ -51,6 +51,21 @@ t.test('a request in flight at SIGTERM completes, is counted, and onClose runs a
   t.match(events[onClose], { inFlight: 0, state: 'closing' })
 })
 
+t.test('a response whose headers left before the signal: its socket still closes after it, no keep-alive wait', async t => {
+  const running = await start(t, { drainDelay: 200, quietPeriod: 0 })
+  const pool = createPool(running, 1)
+  t.teardown(() => pool.destroy())
+  const response = await pool.request({ method: 'GET', path: '/stream?ms=1200' })
+  t.equal(response.headers.connection, 'keep-alive', 'keep-alive was promised before the drain')
+  running.kill('SIGTERM')
+  t.equal(await response.body.text(), 'first,last', 'the response completes')
+  const exit = await running.exited
+  t.equal(exit.code, 0)
+  // Bound: the stream ends at 1.2 s; leaving the socket to Fastify's 72 s keepAliveTimeout would miss any grace period.
+  t.ok(exit.ms < 1200 + 3000, `exited ${Math.round(exit.ms)} ms after SIGTERM`)
+  t.match(running.report(), { requests: { inFlightAtStart: 1, cut: [] }, connections: { closedGracefully: 1, destroyed: 0 } })
+})
+
 t.test('quietPeriod: the listener stays open while requests keep arriving after drainDelay', async t => {
   const running = await start(t, { drainDelay: 200, quietPeriod: 500 })
   running.kill('SIGTERM')
