@@ -117,3 +117,37 @@ t.test('re-registering after a close installs the handlers again, once', async t
   }
   t.same(signalListeners(), signalsBefore, 'no listener accumulates across registrations')
 })
+
+t.test('with every extra on (health port, checks, startup task, preStop, metrics) a close leaves nothing behind', async t => {
+  const signalsBefore = signalListeners()
+  const resourcesBefore = await settledResources({})
+  const { Registry } = await import('prom-client')
+  const registry = new Registry()
+  const app = Fastify()
+  const serverBefore = serverListeners(app)
+  await app.register(gracefulDrain, {
+    exit: false,
+    healthPort: 0,
+    healthHost: '127.0.0.1',
+    preStop: true,
+    readiness: { checks: { db: async () => true } },
+    metrics: { registry }
+  })
+  app.drain.startupTask('warm-up', Promise.resolve())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const healthPort = app.drain.healthPort
+  if (healthPort === undefined) return t.fail('the health listener did not start')
+  // Probe the health port once, so its server, its readiness cache and a keep-alive socket all exist.
+  const health = new Pool(`http://127.0.0.1:${healthPort}`)
+  const res = await health.request({ path: '/readyz', method: 'GET' })
+  t.same(await res.body.json(), { status: 'ready' })
+  t.ok((await registry.metrics()).includes('fastify_graceful_drain_state'), 'metrics registered')
+
+  await app.close()
+  await health.close()
+  t.equal(app.drain.state, 'closed')
+  t.same(signalListeners(), signalsBefore, 'signal listeners removed')
+  t.same(serverListeners(app), serverBefore, 'server listeners removed')
+  t.notOk((await registry.metrics()).includes('fastify_graceful_drain_state'), 'metrics unregistered')
+  t.same(await settledResources(resourcesBefore), resourcesBefore, 'the health listener and every timer are gone')
+})
