@@ -43,7 +43,7 @@ function reason (error: unknown): string {
 
 const fromEnv = process.env.DATABASE_URL !== undefined && process.env.DATABASE_URL !== ''
 const embedded = fromEnv ? undefined : await startEmbeddedPostgres()
-const connectionString = process.env.DATABASE_URL ?? embedded?.url ?? ''
+const connectionString = (fromEnv ? process.env.DATABASE_URL : embedded?.url) ?? ''
 const database = { source: fromEnv ? 'DATABASE_URL' : 'embedded', url: redact(connectionString) }
 
 const app = Fastify({ logger: true })
