@@ -106,6 +106,22 @@ t.test('a half-open keep-alive socket: the client ignores our FIN', async t => {
   t.equal(report.connections.closedGracefully, 1)
 })
 
+t.test('a half-open socket: the client sent its request, then closed its write side', async t => {
+  const running = await start(t)
+  const socket = await connectRaw(running, { allowHalfOpen: true })
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  socket.resume()
+  socket.write(requestHead('/hang', '\r\n'))
+  await running.waitForMessage(m => m.event === 'request' && m.url === '/hang')
+  socket.end()
+  // Node aborts a request whose client half-closed (httpAllowHalfOpen is off) and ends the socket:
+  // the client gave up on it, the server cut nothing, so the drain is clean.
+  const report = await terminate(t, running, 'half-closed by the client after its request (/hang)', 0)
+  t.same(report.requests.cut, [])
+  t.equal(report.connections.destroyed, 0)
+})
+
 t.test('a client that connected and never sent a byte', async t => {
   const running = await start(t)
   const socket = await connectRaw(running)
