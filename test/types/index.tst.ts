@@ -5,7 +5,8 @@
 import { describe, expect, test } from 'tstyche'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
-import gracefulDrain, { defaults, gracefulDrain as named, resolveOptions } from 'fastify-graceful-drain'
+import type { Channel } from 'node:diagnostics_channel'
+import gracefulDrain, { defaults, diagnosticsChannels, gracefulDrain as named, resolveOptions } from 'fastify-graceful-drain'
 import type {
   CloserOutcome,
   DrainReport,
@@ -62,6 +63,29 @@ describe('fastify.drain', () => {
     app.drain.addCloser('queue', signal => {
       expect(signal).type.toBe<AbortSignal>()
     })
+  })
+})
+
+describe('the rest of the public surface', () => {
+  test('startupTask(name, task) and healthPort', () => {
+    expect(app.drain.startupTask('migrations', Promise.resolve())).type.toBe<void>()
+    expect(app.drain.startupTask).type.not.toBeCallableWith('migrations', () => {})
+    expect(app.drain.startupTask).type.not.toBeCallableWith(Promise.resolve())
+    expect(app.drain.healthPort).type.toBe<number | undefined>()
+    expect(() => { app.drain.healthPort = 9000 }).type.toRaiseError(2540)
+  })
+
+  test('request.drainSignal is a read-only AbortSignal on every request', () => {
+    app.get('/', async request => {
+      expect(request.drainSignal).type.toBe<AbortSignal>()
+      expect(() => { request.drainSignal = new AbortController().signal }).type.toRaiseError(2540)
+      return 'ok'
+    })
+  })
+
+  test('diagnosticsChannels are node:diagnostics_channel channels', () => {
+    expect(diagnosticsChannels.start).type.toBe<Channel>()
+    expect(diagnosticsChannels).type.toHaveProperty('exit')
   })
 })
 
