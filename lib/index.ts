@@ -4,8 +4,9 @@ import { resolveOptions, type GracefulDrainOptions } from './options.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { ConnectionTracker } from './connections.js'
 import { Drain } from './drain.js'
-import { installSignals } from './signals.js'
+import { assertSignalsFree, installSignals } from './signals.js'
 import { mainPortProbePaths, setupKubernetes } from './kubernetes.js'
+import { warnAboutLateSignalListeners } from './coexistence.js'
 import { setupProtocols } from './protocols.js'
 import type { CloserFunction, CloserOptions } from './closers.js'
 import type { DrainReport } from './report.js'
@@ -48,6 +49,8 @@ declare module 'fastify' {
 const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fastify, opts) => {
   if (fastify.hasDecorator('drain')) throw new AlreadyRegisteredError()
   const options = resolveOptions(opts)
+  // Refuse before anything is set up, so a refused registration leaves nothing behind.
+  assertSignalsFree(options.signals)
   const log = fastify.log.child({ plugin: 'fastify-graceful-drain' })
   const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
@@ -76,6 +79,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     log.warn({ signal, listeners }, `${listeners} other ${signal} listener(s) were installed before fastify-graceful-drain ` +
       '(close-with-grace, fastify-cli, the app?): they may close the server at once and undo the drain; remove them')
   }
+  warnAboutLateSignalListeners(fastify as FastifyInstance, options.signals, signals.foreign, log)
   drain.onFinished(() => {
     signals.uninstall()
     tracker.detach()
