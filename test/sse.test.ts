@@ -96,3 +96,21 @@ t.test('an event stream to a client that never reads (full socket buffers) canno
   t.same(report?.eventStreams, { total: 1, closedGracefully: 0, destroyed: 1 }, 'report: the event stream was destroyed')
   t.same(report?.requests.cut, ['GET /sse'], 'report: names the route')
 })
+
+t.test('examples/sse.ts: its event stream and long poll end on SIGTERM, and it exits 0', async t => {
+  const running = await startChild('../../examples/sse.ts', { PORT: '0', DRAIN_DELAY_MS: '200', GRACE_PERIOD_MS: '10000' })
+  t.teardown(() => killChild(running))
+  const events = await open(t, running, '/events')
+  const poll = new Promise<http.IncomingMessage>((resolve, reject) => {
+    const req = http.get(`${running.origin}/poll`, { agent: false }, resolve).on('error', reject)
+    t.teardown(() => req.destroy())
+  })
+  await running.waitForLog(line => (line.req as { url?: string } | undefined)?.url === '/poll')
+  running.kill('SIGTERM')
+  let polled = ''
+  for await (const chunk of (await poll).setEncoding('utf8')) polled += chunk
+  t.same(JSON.parse(polled), { events: [] }, 'the long poll answers at once: nothing yet, poll again')
+  t.match(await events.body, /retry: \d+\nevent: goodbye\ndata: server draining\n\n$/, 'the stream says goodbye with a retry hint')
+  t.equal((await running.exited).code, 0, 'exit 0')
+  t.same(running.report()?.eventStreams, { total: 1, closedGracefully: 1, destroyed: 0 }, 'report: the stream closed gracefully')
+})
