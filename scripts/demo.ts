@@ -40,7 +40,7 @@ interface Report {
   startedAt: string
   deadlineMs: number
   phases: { closing?: number, resourcesClosing?: number, closed?: number }
-  delay: { plannedMs: number, actualMs: number }
+  delay: { plannedMs: number, actualMs: number, extendedMs: number }
   requests: { inFlightAtStart: number, servedDuringDrain: number, cut: string[] }
   connections: { openAtStart: number, closedGracefully: number, destroyed: number }
   closers: Outcome[]
@@ -141,7 +141,7 @@ await delay(SIGTERM_AFTER_MS)
 const beforeSignal = load.stats()
 const signalAt = performance.now()
 app.kill('SIGTERM')
-say(`SIGTERM sent (${beforeSignal.ok} requests answered so far, ${beforeSignal.sent - beforeSignal.ok - beforeSignal.failed} in flight)`)
+say(`SIGTERM sent (${beforeSignal.ok} requests answered so far, ${beforeSignal.sent - beforeSignal.ok - beforeSignal.failed} awaiting an answer)`)
 
 const { firstFailedAt, removedAt } = await removed
 say(`/readyz failed ${FALL} probes in a row: the load balancer stops sending new work to this pod`)
@@ -164,7 +164,7 @@ const events: Array<[number, string]> = [
   [0, `SIGTERM: readiness fails from now on; ${report.requests.inFlightAtStart} requests in flight, ${report.connections.openAtStart} connections open`],
   [sinceSignal(firstFailedAt), 'readiness flipped: the load balancer\'s next probe sees /readyz 503, the app still serves everything'],
   [sinceSignal(removedAt), `the load balancer takes the pod out (${FALL} failed probes, ${PROBE_EVERY_MS} ms apart): no new requests`],
-  [report.phases.closing ?? NaN, `listener closed after ${report.delay.actualMs} ms of serving (drainDelay ${report.delay.plannedMs} ms + quiet period); idle connections closed`],
+  [report.phases.closing ?? NaN, `listener closed: drainDelay ${report.delay.plannedMs} ms, extended ${report.delay.extendedMs} ms until requests stopped arriving; idle connections closed`],
   [sinceSignal(lastResponseAt), 'last response received by the client'],
   [resourcesAt, 'no request left: fastify.close() runs the app\'s onClose hooks; @fastify/postgres ends its pool']
 ]
