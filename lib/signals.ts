@@ -21,6 +21,16 @@ export function signalExitCode (signal: NodeJS.Signals): number {
 }
 
 /**
+ * Throws if another instance owns the signals. Called before the plugin sets
+ * anything up, so a refused registration leaves nothing behind (server
+ * listeners, metrics in a shared registry) that would make the retry the
+ * error recommends (`signals: []`) fail in turn.
+ */
+export function assertSignalsFree (signals: readonly NodeJS.Signals[]): void {
+  if (signals.length > 0 && (process as ProcessWithOwner)[OWNER] !== undefined) throw new SignalsOwnedError(signals.join(', '))
+}
+
+/**
  * Installs `onSignal` for each signal. The drain decides what a first and a
  * second signal mean; this module only owns the listeners and their removal.
  */
@@ -30,7 +40,7 @@ export function installSignals (
 ): InstalledSignals {
   const proc = process as ProcessWithOwner
   if (signals.length === 0) return { foreign: [], uninstall () {} }
-  if (proc[OWNER] !== undefined) throw new SignalsOwnedError(signals.join(', '))
+  assertSignalsFree(signals)
   const owner = {}
   proc[OWNER] = owner
 

@@ -5,6 +5,7 @@
 import t from 'tap'
 import { readFile } from 'node:fs/promises'
 import Fastify from 'fastify'
+import { Registry } from 'prom-client'
 import gracefulDrain, { defaults, resolveOptions } from 'fastify-graceful-drain'
 import type { GracefulDrainOptions } from 'fastify-graceful-drain'
 
@@ -265,14 +266,20 @@ t.test('one app per process owns the signals; closing it releases them', async t
 
   const second = Fastify()
   t.teardown(() => second.close())
-  await t.rejects(async () => await second.register(gracefulDrain, { exit: false }), {
+  const connectionListeners = second.server.listenerCount('connection')
+  const registry = new Registry()
+  await t.rejects(async () => await second.register(gracefulDrain, { exit: false, metrics: { registry } }), {
     code: 'FST_GRACEFUL_DRAIN_SIGNALS_OWNED',
     message: /already handles SIGTERM, SIGINT.*pass `signals: \[\]`/
   })
-  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM + 1, 'the refused app added no listener')
+  t.equal(process.listenerCount('SIGTERM'), before.SIGTERM + 1, 'the refused app added no signal listener')
+  // Regression: the refusal used to come after the tracker and the metrics were set up.
+  t.equal(second.server.listenerCount('connection'), connectionListeners, 'nor a server listener')
+  t.same(registry.getMetricsAsArray(), [], 'nor a metric in the shared registry')
 
+  // The fix the error message gives works, with the same registry.
   const withoutSignals = Fastify()
-  await withoutSignals.register(gracefulDrain, quiet)
+  await withoutSignals.register(gracefulDrain, { ...quiet, metrics: { registry } })
   t.pass('an app with signals: [] registers beside the owner')
   await withoutSignals.close()
 
