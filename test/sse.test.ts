@@ -72,6 +72,7 @@ t.test('an event stream its handler never ends is destroyed at the budget; exit 
   const exit = await running.exited
   t.equal(exit.code, 1, 'exit 1: a request was cut')
   t.ok(exit.ms < base.gracePeriod + 1500, `exited ${Math.round(exit.ms)} ms after SIGTERM, before the grace period`)
+  t.comment(`event stream whose handler ignores the drain signal: SIGTERM → exit ${Math.round(exit.ms)} ms (gracePeriod ${base.gracePeriod})`)
   const report = running.report()
   t.same(report?.eventStreams, { total: 1, closedGracefully: 0, destroyed: 1 }, 'report: the event stream was destroyed')
   t.same(report?.requests.cut, ['GET /sse'], 'report: names the route')
