@@ -74,8 +74,7 @@ try {
   await app.pg.query('select 1')
 } catch (error) {
   app.log.fatal({ database }, `cannot use PostgreSQL at ${database.url} (${database.source}): ${reason(error)}`)
-  await app.close()
-  await embedded?.stop()
+  await app.close() // runs the closers too: the embedded server, if any, is stopped
   process.exit(1)
 }
 app.log.info({ database }, `using PostgreSQL at ${database.url} (${database.source})`)

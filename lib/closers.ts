@@ -113,17 +113,19 @@ export class Closers {
     this.#closers.push({ name, fn, timeout })
   }
 
-  /** In the order they would run: fastify.close() first, then the closers, last added first. */
-  #order (): Closer[] {
-    return [this.#app, ...[...this.#closers].reverse()]
+  /** In the order they would run: fastify.close() first (unless the app is closing already), then the closers, last added first. */
+  #order (withApp = true): Closer[] {
+    return [...(withApp ? [this.#app] : []), ...[...this.#closers].reverse()]
   }
 
   /**
    * Runs every closer; each gets min(its timeout or `defaultTimeout`, what
    * `remaining()` says is left of the budget). A failure never stops the others.
+   * `withApp: false` when the app is closing by itself: its onClose hooks are running already.
    */
-  async run (defaultTimeout: number, remaining: () => number, onOutcome: (outcome: CloserOutcome) => void): Promise<CloserOutcome[]> {
-    this.#pending = this.#order()
+  async run (defaultTimeout: number, remaining: () => number, onOutcome: (outcome: CloserOutcome) => void,
+    { withApp = true } = {}): Promise<CloserOutcome[]> {
+    this.#pending = this.#order(withApp)
     for (let closer = this.#pending.shift(); closer !== undefined && !this.#stop.signal.aborted; closer = this.#pending.shift()) {
       this.#current = { name: closer.name, started: now() }
       const outcome = await runBounded(closer.name, closer.fn, Math.min(closer.timeout ?? defaultTimeout, remaining()), this.#stop.signal)

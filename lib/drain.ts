@@ -240,10 +240,22 @@ export class Drain {
     this.#phases.resourcesClosing = round(deadline.elapsed())
     this.events.emit('resourcesClosing')
     // fastify.close() (the app's onClose hooks) first, then the closers, last added first: see closers.ts.
-    this.#outcomes = await this.#closers.run(this.#options.closeTimeout, () => deadline.remaining(), outcome => {
-      if (outcome.outcome === 'ok') return
-      this.#log.error({ closer: outcome }, `closer "${outcome.name}" ${outcome.outcome} after ${outcome.durationMs} ms`)
-    })
+    this.#outcomes = await this.#closers.run(this.#options.closeTimeout, () => deadline.remaining(), this.#logOutcome)
+  }
+
+  readonly #logOutcome = (outcome: CloserOutcome): void => {
+    if (outcome.outcome === 'ok') return
+    this.#log.error({ closer: outcome }, `closer "${outcome.name}" ${outcome.outcome} after ${outcome.durationMs} ms`)
+  }
+
+  /**
+   * The app is closing without a drain (tests, fastify-cli, a failed startup):
+   * its onClose hooks are running, so close the closers' resources too, each
+   * bounded by its own timeout, rather than leave them open. No-op after a drain.
+   */
+  async closeWithoutDrain (): Promise<void> {
+    if (this.#running !== undefined || this.#closers.size === 0) return
+    await this.#closers.run(this.#options.closeTimeout, () => Infinity, this.#logOutcome, { withApp: false })
   }
 
   /** Ends the drain exactly once: normally, at the deadline, or on a second signal. */

@@ -105,6 +105,8 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     drain.markClosed()
     signals.uninstall()
     tracker.detach()
+    // Resources registered with addCloser() are closed on any close, not only after a drain.
+    await drain.closeWithoutDrain()
   })
 }
 

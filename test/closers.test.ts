@@ -189,6 +189,30 @@ t.test('a second signal during a closer: the report still lists every closer', a
   t.notOk(fixtureEvents(running).includes('closer never-runs'), 'the skipped closer did not run')
 })
 
+t.test('fastify.close() without a drain runs the closers too, after the onClose hooks, and only once', async t => {
+  const { app, logs } = await buildApp(t)
+  const events: string[] = []
+  app.addHook('onClose', async () => { events.push('onClose') })
+  app.drain.addCloser('a', () => { events.push('closer a') })
+  app.drain.addCloser('fails', () => { events.push('closer fails'); throw new Error('failed on purpose') })
+  app.drain.addCloser('b', () => { events.push('closer b') })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  await app.close()
+  t.same(events, ['onClose', 'closer b', 'closer fails', 'closer a'], 'a resource registered with addCloser() is never left open')
+  t.match(logs.find(line => line.level === 50), { closer: { name: 'fails', outcome: 'error' } }, 'a failure is logged, and close() still resolves')
+  t.equal(app.drain.state, 'closed')
+})
+
+t.test('after a drain, closing the app again does not run the closers twice', async t => {
+  const { app } = await buildApp(t, fast)
+  let runs = 0
+  app.drain.addCloser('once', () => { runs++ })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  await app.drain.start()
+  await app.close()
+  t.equal(runs, 1)
+})
+
 t.test('addCloser() rejects bad arguments with a coded TypeError naming the argument', async t => {
   const { app } = await buildApp(t)
   const noop = (): void => {}
