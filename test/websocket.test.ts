@@ -18,8 +18,9 @@ async function start (t: Test, options: object = {}): Promise<RunningChild> {
   return running
 }
 
-t.test('a WebSocket is served during the delay, then closed with 1001 after it; exit 0', async t => {
-  const drainDelay = 800
+t.test('WebSockets are served during the delay, then closed with 1001 after it; exit 0', async t => {
+  // Long enough for an echo and a new connection inside the delay, even on a loaded machine.
+  const drainDelay = 1500
   const running = await start(t, { drainDelay })
   const ws = new WebSocket(`ws://127.0.0.1:${running.port}/ws`)
   t.teardown(() => ws.terminate())
@@ -33,6 +34,12 @@ t.test('a WebSocket is served during the delay, then closed with 1001 after it; 
   ws.send('still there?')
   const [echo] = await once(ws, 'message')
   t.equal(String(echo), 'echo still there?', 'the socket is served normally during the delay')
+  // The load balancer may still route a new one here during the delay: it is accepted, and told to go away with the others.
+  const late = new WebSocket(`ws://127.0.0.1:${running.port}/ws`)
+  t.teardown(() => late.terminate())
+  const lateClosed = once(late, 'close')
+  await once(late, 'open')
+  t.pass('a WebSocket opened during the delay is accepted')
 
   const [code, reason] = await closed
   const closedAfter = performance.now() - killedAt
@@ -40,11 +47,12 @@ t.test('a WebSocket is served during the delay, then closed with 1001 after it; 
   t.equal(String(reason), 'server draining', 'with a reason')
   // A lower bound cannot flake: the delay starts after the signal is received.
   t.ok(closedAfter >= drainDelay, `told to go away after drainDelay (${Math.round(closedAfter)} ms ≥ ${drainDelay} ms)`)
+  t.equal((await lateClosed)[0], 1001, 'the late one gets 1001 too')
 
   const exit = await running.exited
   t.equal(exit.code, 0, 'exit 0: the close handshake completed')
   const report = running.report()
-  t.same(report?.webSockets, { total: 1, closedGracefully: 1, destroyed: 0 }, 'report: one WebSocket, closed gracefully')
+  t.same(report?.webSockets, { total: 2, closedGracefully: 2, destroyed: 0 }, 'report: both WebSockets closed gracefully')
   t.same(report?.requests.cut, [], 'nothing cut')
 })
 
