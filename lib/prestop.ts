@@ -43,7 +43,8 @@ export function registerPreStop (app: FastifyInstance, options: PreStopOptions, 
     return { status: 'draining', waitedMs: Math.round(deadline.elapsed()) }
   }
   // GET is what `httpGet` sends; POST for people who call it by hand (curl -X POST), as it changes state.
-  app.route({ method: ['GET', 'POST'], url: options.path, logLevel: options.logLevel as LogLevel, handler })
+  // No automatic HEAD route: a monitoring HEAD request must not take the pod out of service.
+  app.route({ method: ['GET', 'POST'], url: options.path, logLevel: options.logLevel as LogLevel, exposeHeadRoute: false, handler })
 }
 
 /** `Authorization: Bearer <token>` or `?token=<token>`; '' when neither. */

@@ -5,6 +5,7 @@
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { performance } from 'node:perf_hooks'
+import { request } from 'undici'
 import { startChild, killChild, type RunningChild } from './helpers/child.js'
 import { buildApp, call } from './helpers/in-process.js'
 
@@ -120,6 +121,15 @@ t.test('with a token on the main port: the right token, as a bearer header or a 
     t.equal((await app.drain.start()).reason, 'prestop')
     t.notOk(logs.some(line => JSON.stringify(line).includes(token)), `${label}: the token is never logged`)
   }
+})
+
+t.test('a HEAD request (monitoring, link checkers) does not start the drain', async t => {
+  const { app } = await buildApp(t, { healthPort: 0, healthHost: '127.0.0.1', preStop: true })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const res = await request(`http://127.0.0.1:${app.drain.healthPort}/prestop`, { method: 'HEAD', reset: true })
+  await res.body.dump()
+  t.equal(res.statusCode, 404)
+  t.equal(app.drain.state, 'ready')
 })
 
 t.test('with a health port, the preStop endpoint is not on the main port', async t => {
