@@ -72,14 +72,15 @@ export async function startChild (fixture: string, env: Record<string, string> =
   })
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   let killedAt: number | undefined
-  let exitedAt = NaN
-  child.once('exit', () => { exitedAt = performance.now() })
-  // 'close' comes after 'exit' once stdout is drained, so every log line is in `logs` by then.
-  const exited = once(child, 'close').then(([code, signal]) => ({
-    code: code as number | null,
-    signal: signal as NodeJS.Signals | null,
-    ms: killedAt === undefined ? NaN : exitedAt - killedAt
-  }))
+  const exited = once(child, 'exit').then(async ([code, signal]) => {
+    const exitedAt = performance.now()
+    await stdoutDrained(child)
+    return {
+      code: code as number | null,
+      signal: signal as NodeJS.Signals | null,
+      ms: killedAt === undefined ? NaN : exitedAt - killedAt
+    }
+  })
   const handshake = await new Promise<{ port: number, https?: boolean }>((resolve, reject) => {
     child.on('message', function onMessage (message: any) {
       if (typeof message?.port === 'number') {
@@ -127,6 +128,22 @@ export async function startChild (fixture: string, env: Record<string, string> =
     waitForLog: match => waitFor('log', logs, match),
     waitForMessage: match => waitFor('message', messages, match)
   }
+}
+
+/**
+ * 'exit' can come before the last stdout chunk (the report line) is read; wait
+ * for the pipe's end so every log line is in `logs`. Bounded, because a
+ * grandchild that inherited the pipe (a database server) may hold it open.
+ */
+async function stdoutDrained (child: ChildProcess): Promise<void> {
+  const stdout = child.stdout
+  if (stdout === null || stdout.readableEnded || stdout.destroyed) return
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([
+    once(stdout, 'close').catch(() => {}),
+    new Promise<void>(resolve => { timer = setTimeout(resolve, 2000) })
+  ])
+  clearTimeout(timer)
 }
 
 /** Teardown: kill by PID whatever is still running. */
