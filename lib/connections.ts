@@ -35,6 +35,8 @@ interface Connection {
   cut: boolean
   /** Monotonic time the drain saw this socket's write side ended with no request left on it. */
   endedAt: number | undefined
+  /** HTTP/2 only: the streams in flight on the session, so each is named if it is cut. */
+  streams: Set<ServerResponse> | undefined
 }
 
 type TrackedSocket = Socket & { [kConnection]?: Connection }
@@ -170,11 +172,15 @@ export class ConnectionTracker {
   destroyAll (): string[] {
     const cut: string[] = []
     for (const conn of this.#connections) {
-      if (conn.response !== undefined) cut.push(describe(conn.response.req))
+      if (conn.streams !== undefined && conn.streams.size > 0) for (const res of conn.streams) cut.push(describe(res.req))
+      else if (conn.response !== undefined) cut.push(describe(conn.response.req))
       else if (conn.upgraded) cut.push('(upgraded connection)')
-      else if (conn.reader.bytesRead > conn.bytesAtRest) cut.push('(incomplete request)')
-      // HTTP/2 streams (or pipelined requests) beside the one named above: only the latest is kept, per socket.
-      for (let i = conn.response === undefined ? 0 : 1; i < conn.inFlight; i++) cut.push('(concurrent request on the same connection)')
+      // Unread bytes with nothing in flight: a request was arriving. (Not on an HTTP/2
+      // session: it always has unread control frames.)
+      else if (conn.inFlight === 0 && conn.reader.bytesRead > conn.bytesAtRest) cut.push('(incomplete request)')
+      // Pipelined HTTP/1.1 requests beside the one named above: only the latest is kept, per socket.
+      const named = conn.streams?.size ?? (conn.response === undefined ? 0 : 1)
+      for (let i = named; i < conn.inFlight; i++) cut.push('(pipelined request)')
       // A socket we already ended with nothing on it is lingering, not cut.
       const lingering = conn.endedAt !== undefined && conn.inFlight === 0 && !conn.upgraded
       if (!lingering) {
@@ -223,7 +229,8 @@ export class ConnectionTracker {
       response: undefined,
       upgraded: false,
       cut: false,
-      endedAt: undefined
+      endedAt: undefined,
+      streams: undefined
     }
     socket[kConnection] = conn
     this.#connections.add(conn)
@@ -253,6 +260,7 @@ export class ConnectionTracker {
     if (conn === undefined) return
     conn.inFlight--
     if (conn.response === res) conn.response = undefined
+    conn.streams?.delete(res)
     conn.bytesAtRest = conn.reader.bytesRead
     // A response whose headers went out before the drain promised keep-alive;
     // once the listener is closed nobody should reuse the socket, so end it now.
@@ -270,7 +278,10 @@ export class ConnectionTracker {
     conn.inFlight++
     conn.served++
     conn.response = res
-    if (req.httpVersionMajor === 2) (res as TrackedResponse)[kConnection] = conn
+    if (req.httpVersionMajor === 2) {
+      (res as TrackedResponse)[kConnection] = conn
+      ;(conn.streams ??= new Set()).add(res)
+    }
     this.#inFlight++
     res.on('close', this.#onResponseClose)
     if (this.#draining) {
