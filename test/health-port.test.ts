@@ -6,6 +6,7 @@ import { createServer } from 'node:net'
 import { once } from 'node:events'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { buildApp, call } from './helpers/in-process.js'
+import { startChild, killChild } from './helpers/child.js'
 
 /** Resolves when the drain reaches `phase` (published on diagnostics_channel). */
 function phaseReached (phase: string): Promise<void> {
@@ -60,6 +61,25 @@ t.test('the health port answers through the drain after the main listener closed
   t.equal((await report).exitCode, 0)
   await waitForLog(line => line.msg === 'health listener closed')
   t.equal(await refused(`${health}/livez`), 'ECONNREFUSED', 'closed once the drain is over')
+})
+
+t.test('a real SIGTERM: the kubelet reads draining on the health port while the app still serves, until the exit', async t => {
+  const app = await startChild('kubernetes-app.ts', {
+    FIXTURE: JSON.stringify({ options: { healthPort: 0, healthHost: '127.0.0.1', drainDelay: 1_000, quietPeriod: 0 } })
+  })
+  t.teardown(() => killChild(app))
+  const message = app.messages.find(m => (m as { healthPort?: unknown }).healthPort !== undefined) ??
+    (await once(app.child, 'message'))[0]
+  const health = `http://127.0.0.1:${(message as { healthPort: number }).healthPort}`
+  t.same((await call(`${health}/readyz`)).body, { status: 'ready' })
+  app.kill('SIGTERM')
+  // The signal is asynchronous: ask until the drain shows (bounded; each ask is a real probe).
+  let ready = await call(`${health}/readyz`)
+  for (let i = 0; i < 100 && ready.status === 200; i++) ready = await call(`${health}/readyz`)
+  t.same([ready.status, ready.body], [503, { status: 'draining' }])
+  t.equal((await call(`${app.origin}/`)).status, 200, 'the app port still serves during the delay')
+  t.equal((await app.exited).code, 0)
+  t.equal(await refused(`${health}/livez`), 'ECONNREFUSED', 'gone with the process')
 })
 
 t.test('app.close() without a drain closes the health port too', async t => {
