@@ -94,4 +94,4 @@ app.get<{ Querystring: { ms?: string } }>('/slow', async request => {
 await app.listen({ port: Number(process.env.PORT ?? 3000), host: process.env.HOST ?? '127.0.0.1' })
 const address = app.server.address()
 // When started by a test or the demo (fork with IPC): the port, and which database it uses.
-process.send?.({ port: typeof address === 'object' && address !== null ? address.port : undefined, database: database.source })
+process.send?.({ port: typeof address === 'object' && address !== null ? address.port : undefined, database })

@@ -71,9 +71,13 @@ app.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
 })
 const exited = once(app, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as string | null, at: performance.now() }))
 
-// Ctrl-C reaches the app too (same process group): it drains without the delay; wait for it, then stop.
+// Interrupted: stop the load and the app, and exit 130 once the app is gone (it stops its PostgreSQL).
+// Ctrl-C in a terminal reaches the app too (same process group); ours then makes it exit at once.
+let stopLoad = (): void => {}
 process.once('SIGINT', () => {
-  say('interrupted: waiting for the app to finish its drain')
+  say('interrupted: stopping the load and the app')
+  stopLoad()
+  app.kill('SIGINT')
   exited.then(() => process.exit(130), () => process.exit(130))
 })
 const watchdog = setTimeout(() => {
@@ -90,14 +94,13 @@ function fail (why: string): never {
 
 let listening = false
 const ready = await Promise.race([
-  once(app, 'message').then(([message]) => message as { port: number, database: string }),
+  once(app, 'message').then(([message]) => message as { port: number, database: { source: string, url: string } }),
   exited.then(({ code }) => listening ? undefined as never : fail(`FAIL: examples/postgres.ts exited with code ${code} before listening`))
 ])
 listening = true
 const origin = `http://127.0.0.1:${ready.port}`
-const dbLine = logs.find(line => typeof line.database === 'object')
-const dbUrl = (dbLine?.database as { url?: string } | undefined)?.url ?? ''
-say(`app listening on ${origin}; PostgreSQL: ${ready.database} ${dbUrl}`)
+const dbUrl = ready.database.url
+say(`app listening on ${origin}; PostgreSQL: ${ready.database.source} ${dbUrl}`)
 
 // The "load balancer": probes /readyz; after FALL failures in a row it sends no new work to this pod.
 async function probeUntilRemoved (): Promise<{ firstFailedAt: number, removedAt: number }> {
@@ -131,6 +134,7 @@ const load = startLoad({
   slowMs: SLOW_MS,
   requestTimeoutMs: 10_000
 })
+stopLoad = () => { load.stop().catch(() => {}) }
 const removed = probeUntilRemoved()
 const progress = setInterval(() => {
   const { sent, ok, failed } = load.stats()
@@ -189,7 +193,7 @@ ${events.map(([at, what]) => `  ${`+${at} ms`.padStart(10)}  ${what}`).join('\n'
 Requests:    ${result.sent} sent, ${result.ok} ok, ${result.failed} failed; ${report.requests.servedDuringDrain} served during the drain, ${report.requests.cut.length} cut
 Connections: ${report.connections.closedGracefully} closed gracefully, ${report.connections.destroyed} destroyed
 Latency:     p50 ${result.latency.p50} ms, p99 ${result.latency.p99} ms, max ${result.latency.max} ms
-PostgreSQL:  ${ready.database === 'embedded' ? `embedded, started and stopped by examples/postgres.ts (${dbUrl})` : `from DATABASE_URL (${dbUrl})`}`)
+PostgreSQL:  ${ready.database.source === 'embedded' ? `embedded, started and stopped by examples/postgres.ts (${dbUrl})` : `from DATABASE_URL (${dbUrl})`}`)
 
 const problems = [
   result.failed > 0 ? `${plural(result.failed, 'request')} failed: ${JSON.stringify(result.failures)}` : '',

@@ -7,21 +7,10 @@ import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { request } from 'undici'
 import { buildApp } from './helpers/in-process.js'
-import { startChild, killChild, type LogLine, type RunningChild } from './helpers/child.js'
+import { startChild, killChild, type RunningChild } from './helpers/child.js'
+import { waitForLog } from './helpers/wait.js'
 
 const fast = { drainDelay: 0, quietPeriod: 0 }
-
-/** Resolves with the first log line matching `match`, re-checking on every chunk of stdout (no polling). */
-async function waitForLog (running: RunningChild, match: (line: LogLine) => boolean): Promise<LogLine> {
-  const stdout = running.child.stdout
-  if (stdout === null) throw new Error('no stdout')
-  for (;;) {
-    const found = running.logs.find(match)
-    if (found !== undefined) return found
-    // startChild's parser listens first, so the logs are up to date when this resolves.
-    await Promise.race([once(stdout, 'data'), running.exited.then(() => { throw new Error('exited before the log line') })])
-  }
-}
 
 const fixtureEvents = (running: RunningChild): string[] => running.logs
   .filter(line => line.fixtureEvent !== undefined)

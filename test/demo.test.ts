@@ -26,7 +26,7 @@ t.test('the demo drains examples/postgres.ts under load with zero failed request
   t.match(output, /SIGTERM sent/)
   t.match(output, /Timeline \(ms after SIGTERM\)/)
   t.match(output, /\+\d+ ms {2}readiness flipped/, 'when readiness flipped')
-  t.match(output, /\+\d+ ms {2}listener closed after/)
+  t.match(output, /\+\d+ ms {2}listener closed: drainDelay 2000 ms/, 'when the listener closed')
   t.match(output, /\+\d+ ms {2}last response received/)
   t.match(output, /\+\d+ ms {2}pool closed: every PostgreSQL connection has ended .*: ok/, 'when the pool closed')
   t.match(output, /\+\d+ ms {2}exit code 0; deadline \+29000 ms/, 'the exit against the deadline')
