@@ -92,7 +92,10 @@ export const HealthPortConflictError = createError(
 export const HealthPortInUseError = createError(
   'FST_GRACEFUL_DRAIN_HEALTH_PORT_IN_USE',
   (port: number, host: string, reason: string) => `the health listener could not listen on ${host}:${port} (\`healthPort\`): ${reason}; ` +
-    'another process or another app in this process holds that port: pick a free port and point the probes at it'
+    (reason === 'EADDRINUSE'
+      ? 'another process or another app in this process holds that port'
+      : 'the port or host cannot be bound by this process (a port below 1024 needs privileges)') +
+    ': pick a free port and point the probes at it'
 )
 
 export const MetricsUnavailableError = createError(
