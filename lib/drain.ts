@@ -6,7 +6,7 @@ import { CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
 import { Deadline, now, sleep } from './deadline.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
-import { ConnectionTracker } from './connections.js'
+import { ConnectionTracker, LINGER_MS } from './connections.js'
 import { closeListener } from './socket-internals.js'
 import { logReport, round } from './report.js'
 import { exitProcess } from './exit.js'
@@ -217,12 +217,30 @@ export class Drain {
     // Aborting on expiry ends the loop below: a settled budgetSpent alone would make every
     // Promise.race settle at once, a microtask loop that starves every timer, the deadline's too.
     const budgetSpent = sleep(deadline.until(httpBudgetEnd), budget.signal).then(() => budget.abort())
-    // Event-driven: re-evaluate at every socket close or response end, and when a
-    // fresh or lingering socket's grace runs out; no polling.
+    // Event-driven and linear in connections: one scan ends every idle socket; the
+    // next scan runs only when a fresh or lingering socket's grace runs out. Socket
+    // closes wake nothing but the last one, and a response that leaves its socket
+    // to linger only brings the next scan forward: re-scanning at every close took
+    // 19 s (5.7 s of CPU) to drain 10,000 idle keep-alive connections.
+    const empty = this.#tracker.whenEmpty()
+    let scanAt = now()
+    let timerAt = Infinity
+    let timer: Promise<void> | undefined
+    const onChange = (): void => { scanAt = Math.min(scanAt, now() + LINGER_MS) }
+    // A timer may fire a fraction of a millisecond before scanAt by performance.now(): scan anyway.
+    const onTimer = (): void => { scanAt = -Infinity }
     while (this.#tracker.size > 0 && !budget.signal.aborted) {
-      const recheck = this.#tracker.closeIdle()
-      const waits = [this.#tracker.nextChange(), budgetSpent]
-      if (recheck !== undefined) waits.push(sleep(recheck, budget.signal))
+      if (now() >= scanAt) {
+        const recheck = this.#tracker.closeIdle()
+        scanAt = recheck === undefined ? Infinity : now() + recheck
+      }
+      // One timer per scan time, not per wake-up.
+      if (scanAt !== timerAt) {
+        timerAt = scanAt
+        timer = scanAt === Infinity ? undefined : sleep(scanAt - now(), budget.signal).then(onTimer)
+      }
+      const waits = [this.#tracker.nextChange().then(onChange), empty, budgetSpent]
+      if (timer !== undefined) waits.push(timer)
       await Promise.race(waits)
     }
     this.#forced.signal.removeEventListener('abort', onForced)
