@@ -1,0 +1,125 @@
+/**
+ * Per-request cost of the plugin: hello-world GET on Fastify 5, bare and with
+ * each peer that sits in the request path, driven by wrk from another process.
+ *
+ *   npm run bench:overhead [-- --rounds 5 --duration 3 --connections 50]
+ *
+ * Every variant runs in its own server process, pinned to core 0; wrk is
+ * pinned to the last core. All servers start once and are warmed up; then each
+ * round runs every variant in a rotated order, first with keep-alive, then with
+ * a new connection per request (`Connection: close`). A variant's figure is the
+ * median over rounds of its req/s divided by bare's in the same round, so
+ * drift on a shared machine hits all variants alike.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { machine, median, pinning, pinned, startNode, stop, table, version, type Started } from './perf/processes.js'
+import { helloVariants as variants, type HelloVariant as Variant } from './perf/variants.js'
+
+const { values: args } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '5' },
+    duration: { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '2' },
+    connections: { type: 'string', default: '50' },
+    variants: { type: 'string', default: variants.join(',') }
+  }
+})
+const rounds = Number(args.rounds)
+const duration = Number(args.duration)
+const connections = Number(args.connections)
+const chosen = args.variants.split(',') as Variant[]
+if (chosen[0] !== 'bare') throw new Error('--variants must start with bare: every ratio is to bare')
+
+const here = fileURLToPath(new URL('.', import.meta.url))
+const modes = ['keep-alive', 'new connection'] as const
+type Mode = typeof modes[number]
+
+interface Sample { rps: number, p50: number, p99: number, errors: number }
+
+if (spawnSync('wrk', ['-v']).error !== undefined) {
+  console.error('wrk is not installed: apt-get install -y wrk (Debian/Ubuntu) or brew install wrk')
+  process.exit(1)
+}
+
+/** One wrk run against `port`; latency in ms. */
+async function wrk (cpus: string | undefined, port: number, mode: Mode, seconds: number): Promise<Sample> {
+  const headers = mode === 'new connection' ? ['-H', 'Connection: close'] : []
+  const [command, wrkArgs] = pinned(cpus, 'wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '-s', here + 'perf/wrk-report.lua',
+    ...headers, `http://127.0.0.1:${port}/`])
+  const child = spawn(command, wrkArgs, { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
+  await once(child, 'exit')
+  const json = /WRK_JSON (.*)/.exec(out)?.[1]
+  if (json === undefined) throw new Error(`wrk printed no figures:\n${out}`)
+  const r = JSON.parse(json) as Record<string, number>
+  const errors = (r.connect ?? 0) + (r.read ?? 0) + (r.write ?? 0) + (r.status ?? 0) + (r.timeout ?? 0)
+  return { rps: (r.requests as number) / ((r.durationUs as number) / 1e6), p50: (r.p50Us as number) / 1000, p99: (r.p99Us as number) / 1000, errors }
+}
+
+const cores = pinning()
+const servers = new Map<Variant, Started>()
+const stopAll = async (): Promise<void> => { await Promise.all([...servers.values()].map(s => stop(s.child))) }
+process.once('SIGINT', () => { stopAll().finally(() => process.exit(130)) })
+
+const header = `${new Date().toISOString()} · ${machine()}\n` +
+  `fastify ${version('fastify')}, fastify-graceful-drain ${JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version}, ` +
+  `http-terminator ${version('http-terminator')}, @godaddy/terminus ${version('@godaddy/terminus')}, close-with-grace ${version('close-with-grace')}, ` +
+  `wrk ${spawnSync('wrk', ['-v']).stdout.toString().split('\n')[0]?.split(' ')[1] ?? '?'}\n` +
+  `${rounds} rounds × ${duration} s per variant and mode, ${connections} connections, ` +
+  (cores === undefined ? 'NOT pinned (fewer than 2 cores or no taskset): figures are noisier' : `server on core ${cores.server}, wrk on core ${cores.load}`)
+console.log(header)
+
+const samples = new Map<string, Sample[]>()
+const key = (variant: Variant, mode: Mode): string => `${variant}/${mode}`
+try {
+  for (const variant of chosen) {
+    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production' } }))
+  }
+  // JIT and connection pools warm before anything counts.
+  for (const variant of chosen) {
+    for (const mode of modes) await wrk(cores?.load, servers.get(variant)?.hello.port as number, mode, Number(args.warmup))
+  }
+  for (let round = 0; round < rounds; round++) {
+    const order = chosen.map((_, i) => chosen[(i + round) % chosen.length] as Variant)
+    for (const mode of modes) {
+      for (const variant of order) {
+        const sample = await wrk(cores?.load, servers.get(variant)?.hello.port as number, mode, duration)
+        const list = samples.get(key(variant, mode)) ?? []
+        list.push(sample)
+        samples.set(key(variant, mode), list)
+      }
+    }
+    process.stderr.write(`round ${round + 1}/${rounds} done\n`)
+  }
+} finally {
+  await stopAll()
+}
+
+for (const mode of modes) {
+  const bare = samples.get(key('bare', mode)) ?? []
+  const rows = chosen.map(variant => {
+    const list = samples.get(key(variant, mode)) ?? []
+    const ratios = list.map((s, i) => s.rps / (bare[i] as Sample).rps)
+    const errors = list.reduce((sum, s) => sum + s.errors, 0)
+    return [
+      variant,
+      median(list.map(s => s.rps)).toFixed(0),
+      median(ratios).toFixed(3),
+      `${Math.min(...ratios).toFixed(3)}–${Math.max(...ratios).toFixed(3)}`,
+      median(list.map(s => s.p50)).toFixed(2),
+      median(list.map(s => s.p99)).toFixed(2),
+      errors
+    ]
+  })
+  const bareRps = bare.map(s => s.rps)
+  const drift = (Math.max(...bareRps) / Math.min(...bareRps) - 1) * 100
+  console.log(`\n### ${mode}${mode === 'new connection' ? ' (Connection: close on every request)' : ''}\n`)
+  console.log(table(['variant', 'req/s (median)', 'ratio to bare (median)', 'ratio range over rounds', 'p50 ms', 'p99 ms', 'errors'], rows))
+  console.log(`\nnoise: bare alone moved ${drift.toFixed(1)} % between rounds (min ${Math.min(...bareRps).toFixed(0)}, max ${Math.max(...bareRps).toFixed(0)} req/s)`)
+}
+console.log(`\nload average at the end: ${machine().split('load average ')[1]}`)
