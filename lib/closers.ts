@@ -56,7 +56,6 @@ export async function runBounded (name: string, fn: CloserFunction, timeout: num
     ...(error === undefined ? {} : { error: message(error) })
   })
   if (timeout <= 0) return finish('skipped', 'no time left in the budget')
-  if (stop?.aborted === true) return finish('skipped', message(stop.reason))
   let timer: NodeJS.Timeout | undefined
   let onStop = (): void => {}
   // The timer is unref'd: during a drain the deadline's guard is the one ref'd handle (deadline.ts).
