@@ -131,6 +131,25 @@ for (const mode of ['h2c', 'tls'] as const) {
   })
 }
 
+t.test('h2c: an event stream to a client that never reads (flow-control window full) cannot hold the process', async t => {
+  const running = await start(t, 'h2c')
+  const session = connect(t, running, 'h2c')
+  const stream = session.request({ ':path': '/sse?mode=flood' })
+  stream.on('error', () => {})
+  // Never read: once the stream's window is used up, the server's writes back up.
+  stream.pause()
+  await running.waitForMessage(m => m.entered === 'sse-flood')
+  running.kill('SIGTERM')
+  const exit = await running.exited
+  t.equal(exit.code, 1, 'exit 1: its end could never be delivered, so it was cut')
+  t.ok(exit.ms < base.gracePeriod + 1500, `exited ${Math.round(exit.ms)} ms after SIGTERM, before the grace period`)
+  t.comment(`h2c event stream to a client that never reads: SIGTERM → exit ${Math.round(exit.ms)} ms (gracePeriod ${base.gracePeriod})`)
+  const report = running.report()
+  t.same(report?.eventStreams, { total: 1, closedGracefully: 0, destroyed: 1 }, 'report: the event stream was destroyed')
+  t.same(report?.http2Sessions, { total: 1, closedGracefully: 0, destroyed: 1 }, 'report: with its session')
+  t.same(report?.requests.cut, ['GET /sse'], 'report: names the route')
+})
+
 t.test('tls: an HTTP/1.1 client (ALPN fallback) gets Connection: close during the drain', async t => {
   const running = await start(t, 'tls', { drainDelay: 1500 })
   const agent = new https.Agent({ keepAlive: true, ca })
