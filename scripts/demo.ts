@@ -168,7 +168,7 @@ const events: Array<[number, string]> = [
   [0, `SIGTERM: readiness fails from now on; ${report.requests.inFlightAtStart} requests in flight, ${report.connections.openAtStart} connections open`],
   [sinceSignal(firstFailedAt), 'readiness flipped: the load balancer\'s next probe sees /readyz 503, the app still serves everything'],
   [sinceSignal(removedAt), `the load balancer takes the pod out (${FALL} failed probes, ${PROBE_EVERY_MS} ms apart): no new requests`],
-  [report.phases.closing ?? NaN, `listener closed: drainDelay ${report.delay.plannedMs} ms, extended ${report.delay.extendedMs} ms until requests stopped arriving; idle connections closed`],
+  [report.phases.closing ?? NaN, `listener closed: drainDelay ${report.delay.plannedMs} ms, extended ${report.delay.extendedMs} ms by the quiet period; idle connections closed`],
   [sinceSignal(lastResponseAt), 'last response received by the client'],
   [resourcesAt, 'no request left: fastify.close() runs the app\'s onClose hooks; @fastify/postgres ends its pool']
 ]
