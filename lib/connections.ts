@@ -69,6 +69,7 @@ export class ConnectionTracker {
   #draining = false
   #closing = false
   #lastRequestAt = -Infinity
+  #lastActivityAt = -Infinity
   #servedDuringDrain = 0
   #closedGracefully = 0
   #destroyed = 0
@@ -110,6 +111,14 @@ export class ConnectionTracker {
   /** Monotonic time of the last non-probe request since the drain started. */
   get lastRequestAt (): number {
     return this.#lastRequestAt
+  }
+
+  /**
+   * Monotonic time a non-probe request last arrived or ended since the drain
+   * started: the quiet period counts from here (see Drain#keepServing).
+   */
+  get lastActivityAt (): number {
+    return this.#lastActivityAt
   }
 
   counts (): ConnectionCounts {
@@ -279,6 +288,7 @@ export class ConnectionTracker {
     if (conn.response === res) conn.response = undefined
     conn.streams?.delete(res)
     conn.bytesAtRest = conn.reader.bytesRead
+    if (this.#draining) this.#lastActivityAt = now()
     // A response whose headers went out before the drain promised keep-alive;
     // once the listener is closed nobody should reuse the socket, so end it now.
     if (this.#closing && conn.inFlight === 0 && !conn.upgraded && this.#endGracefully(conn)) this.#changed()
@@ -300,13 +310,31 @@ export class ConnectionTracker {
     res.on('close', this.#onResponseClose)
     if (this.#draining) {
       this.#servedDuringDrain++
-      this.#lastRequestAt = now()
+      this.#lastRequestAt = this.#lastActivityAt = now()
     }
   }
 
   readonly #onUpgrade = (req: IncomingMessage): void => {
     const conn = (req.socket as TrackedSocket)[kConnection]
     if (conn !== undefined) conn.upgraded = true
+  }
+}
+
+/**
+ * `(url) => url is one of paths, with or without a query string`, for the
+ * tracker's per-request probe check: it allocates nothing (no split, no slice),
+ * since it runs on every request.
+ */
+export function pathMatcher (paths: Iterable<string>): (url: string | undefined) => boolean {
+  const list = [...paths]
+  return url => {
+    if (url === undefined) return false
+    for (let i = 0; i < list.length; i++) {
+      const path = list[i] as string
+      // 63 is '?'
+      if (url.startsWith(path) && (url.length === path.length || url.charCodeAt(path.length) === 63)) return true
+    }
+    return false
   }
 }
 

@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { resolveOptions, type GracefulDrainOptions } from './options.js'
 import { AlreadyRegisteredError } from './errors.js'
-import { ConnectionTracker } from './connections.js'
+import { ConnectionTracker, pathMatcher } from './connections.js'
 import { Drain } from './drain.js'
 import { assertSignalsFree, installSignals } from './signals.js'
 import { mainPortProbePaths, setupKubernetes } from './kubernetes.js'
@@ -54,7 +54,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const log = fastify.log.child({ plugin: 'fastify-graceful-drain' })
   const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
-  const tracker = new ConnectionTracker(fastify.server, url => url !== undefined && probes.has(url.split('?', 1)[0] ?? url))
+  const tracker = new ConnectionTracker(fastify.server, pathMatcher(probes))
   const drain = new Drain(fastify as FastifyInstance, options, log, tracker)
   // Probes, health port, preStop, readiness checks, diagnostics_channel, metrics: see kubernetes.ts.
   const kubernetes = await setupKubernetes(fastify as FastifyInstance, options, log, drain, tracker)
