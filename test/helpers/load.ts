@@ -61,6 +61,12 @@ export interface LoadOptions {
   requestTimeoutMs?: number
   /** how many failures to keep in `samples`; default 20 */
   maxSamples?: number
+  /**
+   * Names the failure kind of a non-200 response from its status and body,
+   * e.g. to tell a load balancer's own 503 from the app's; undefined (or no
+   * function) keeps the default `status <code>`.
+   */
+  classifyResponse?: (statusCode: number, body: string) => string | undefined
 }
 
 export interface FailureSample {
@@ -211,7 +217,7 @@ export function startLoad (opts: LoadOptions): LoadHandle {
           ok++
           latencies.push(now() - at)
         } else {
-          fail(`status ${res.statusCode}`, at, path, body.slice(0, 200))
+          fail(opts.classifyResponse?.(res.statusCode, body) ?? `status ${res.statusCode}`, at, path, body.slice(0, 200))
         }
       } catch (err) {
         const kind = ac.signal.aborted ? 'timeout' : classifyError(err)

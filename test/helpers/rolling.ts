@@ -44,6 +44,8 @@ export interface RollingOptions {
   settleMs?: number
   /** keep-alive connections of the load pool; default 32 */
   connections?: number
+  /** called at each step with ms since the load started, to line failures up with the steps */
+  onStep?: (step: string, atMs: number) => void
 }
 
 export interface OldInstanceExit {
@@ -70,6 +72,8 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
   const gone = new WeakSet<Instance>()
   const hap = await startHaproxy({ mode: opts.mode, slots: 2, healthCheck: opts.healthCheck })
   let load: ReturnType<typeof startLoad> | undefined
+  let loadStart = 0
+  const step = (name: string): void => opts.onStep?.(name, Math.round(performance.now() - loadStart))
   try {
     const launch = async (): Promise<Instance> => {
       const instance = await opts.start()
@@ -80,13 +84,15 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
     let old = await launch()
     let oldSlot = 1
     await hap.setServer(oldSlot, old.port)
+    loadStart = performance.now()
     load = startLoad({
       origin: `http://127.0.0.1:${hap.port}`,
       rate: opts.rate,
       durationMs: LOAD_CAP_MS,
       connections: opts.connections ?? 32,
       slowFraction: 0.1,
-      slowMs: [200, 2000]
+      slowMs: [200, 2000],
+      classifyResponse: haproxyOwn503
     })
     // Scenario time, not a race guard: every keep-alive connection of the pool
     // is open and in use when the first rollover begins.
@@ -97,15 +103,18 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
       const next = await launch()
       const nextSlot = oldSlot === 1 ? 2 : 1
       await hap.setServer(nextSlot, next.port)
+      step(`s${nextSlot} ready`)
 
       old.kill('SIGTERM')
+      step(`s${oldSlot} SIGTERM`)
       let killed = false
       const kubelet = setTimeout(() => { killed = true; old.kill('SIGKILL') }, opts.gracePeriod)
       // The endpoints controller: removal reaches the load balancer this much later.
-      const removal = sleep(opts.maintAfterMs).then(async () => await hap.maint(oldSlot))
+      const removal = sleep(opts.maintAfterMs).then(async () => { await hap.maint(oldSlot); step(`s${oldSlot} maint`) })
       removal.catch(() => {}) // awaited below; this only keeps a failure from being unhandled meanwhile
       const exit = await old.exited
       clearTimeout(kubelet)
+      step(`s${oldSlot} exited`)
       // A server that exits before its removal still gets removed (as in Kubernetes).
       await removal
       exits.push({ ...exit, killed })
@@ -126,6 +135,15 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
   }
 }
 
+/**
+ * HAProxy's own 503 page, as opposed to a 503 from the app: in http mode, with
+ * `retries 0`, HAProxy answers it when it cannot connect to the server it
+ * picked (connection refused) or has no server left.
+ */
+export function haproxyOwn503 (statusCode: number, body: string): string | undefined {
+  return statusCode === 503 && body.includes('<h1>503 Service Unavailable</h1>') ? 'status 503 (haproxy)' : undefined
+}
+
 /** Failure kinds grouped as the benchmark table shows them. */
 export const FAILURE_COLUMNS = ['503', 'refused', 'reset', 'closed', '502', 'timeout', 'other'] as const
 export type FailureColumn = typeof FAILURE_COLUMNS[number]
@@ -133,7 +151,8 @@ export type FailureColumn = typeof FAILURE_COLUMNS[number]
 export function failureColumn (kind: string): FailureColumn {
   if (kind === 'status 503') return '503'
   if (kind === 'status 502') return '502'
-  if (kind === 'ECONNREFUSED') return 'refused'
+  // Behind HAProxy a refused backend connection reaches the client as HAProxy's 503 (http) or a closed socket (tcp).
+  if (kind === 'ECONNREFUSED' || kind === 'status 503 (haproxy)') return 'refused'
   if (kind === 'ECONNRESET' || kind === 'socket closed (ECONNRESET)') return 'reset'
   if (kind.startsWith('socket closed') || kind === 'EPIPE' || kind === 'UND_ERR_CLOSED') return 'closed'
   if (kind === 'timeout') return 'timeout'
