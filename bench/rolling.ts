@@ -111,7 +111,7 @@ function exitText (exit: RollingResult['exits'][number]): string {
 
 function table (rows: Row[]): string {
   const lines = [
-    '| server | requests | failed | 503 | refused | reset | closed | 502 | timeout | other | exit | SIGTERM→exit |',
+    '| server | requests | failed | 503 from the app | refused¹ | reset | closed² | 502 | timeout³ | other | exit | SIGTERM→exit |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |'
   ]
   for (const { server, result } of rows) {
@@ -152,3 +152,10 @@ for (const scenario of SCENARIOS.filter(s => scenarioKeys.includes(s.key))) {
   console.log(`## ${scenario.title}\n\nendpoint removal ${scenario.maintAfterMs} ms after SIGTERM, health checks every ${hc.interMs} ms (fall ${hc.fall}), ` +
     `delay ${scenario.drainDelay} ms\n\n${table(rows)}\n`)
 }
+console.log([
+  '¹ In http mode HAProxy (`retries 0`) answers its own 503 when the backend refuses the connection; those are counted here, not as the app\'s 503.',
+  '² The client\'s connection closed without a response: an in-flight request cut, a keep-alive socket closed under a request (the idle-socket race),',
+  '  or, in tcp mode, HAProxy closing the client connection because the backend refused it.',
+  '³ No response within 10 s.',
+  'exit: the exit code, the signal that ended the process, or SIGKILL when the grace period ran out; one entry per rollover.'
+].join('\n'))
