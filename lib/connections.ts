@@ -175,6 +175,9 @@ export class ConnectionTracker {
       // TLS (close_notify) and HTTP/2 (GOAWAY) sockets are ended and linger.
       if (this.#plainHttp1 && conn.reader === conn.socket && conn.socket.writableLength === 0) {
         conn.socket.destroy()
+        // destroy() has closed the fd (the FIN is out): forget it now rather than at its
+        // 'close' event, so the drain goes on without waiting for 10,000 of them to be emitted.
+        this.#forget(conn.socket)
         continue
       }
       this.#endGracefully(conn)
