@@ -83,6 +83,8 @@ interface Run {
   round: number
   /** SIGTERM → the parent sees the process gone. */
   exitMs: number
+  /** SIGTERM → process.exit() ran (its 'exit' event); the rest is the kernel tearing the process down. */
+  exitCalledMs: number
   /** SIGTERM → the last in-flight request's start + its duration: the floor with requests in flight. */
   slowestMs: number | undefined
   /** SIGTERM → the client saw its last connection closed. */
@@ -156,6 +158,7 @@ async function run (variant: DrainVariant, idle: number, inflight: number, round
       inflight,
       round,
       exitMs: (capped ? NaN : exitHr) - signalHr,
+      exitCalledMs: result === undefined ? NaN : result.exitHr - signalHr,
       slowestMs: inflight > 0 ? lastSlowStartHr + slowMs - signalHr : undefined,
       clientClosedMs: collected.lastDisconnectHr - signalHr,
       capped,
@@ -189,15 +192,15 @@ try {
   client = await startNode(here + 'perf/drain-client.ts', { cpus: cores?.load, ipc: true })
   for (const inflight of inflightCounts) {
     for (const idle of idleCounts) {
-      // The just-exit process would cut the in-flight requests: it is the floor only with none.
-      const variants = chosen.filter(v => inflight === 0 || v !== 'exit')
+      // The two floors would cut the in-flight requests: they are floors only with none.
+      const variants = chosen.filter(v => inflight === 0 || (v !== 'exit' && v !== 'destroy-all'))
       for (let round = 0; round < rounds; round++) {
         for (let i = 0; i < variants.length; i++) {
           const variant = variants[(i + round) % variants.length] as DrainVariant
           const result = await run(variant, idle, inflight, round)
           if (variant === 'exit') floors.set(`${idle}/${round}`, result.exitMs)
           runs.push(result)
-          process.stderr.write(`${idle} idle + ${inflight} in flight, round ${round + 1}: ${variant} ${result.capped ? 'capped' : result.exitMs.toFixed(1) + ' ms'}` +
+          process.stderr.write(`${idle} idle + ${inflight} in flight, round ${round + 1}: ${variant} ${result.capped ? 'capped' : `${result.exitMs.toFixed(1)} ms (exit() at ${result.exitCalledMs.toFixed(1)})`}` +
             `${result.report === undefined ? '' : ' ' + JSON.stringify(result.report.phases)}\n`)
         }
       }
@@ -244,6 +247,7 @@ for (const inflight of inflightCounts) {
         list.some(r => r.capped) ? `capped ${list.filter(r => r.capped).length}/${list.length} (> ${capMs})` : fmt(median(exits)),
         fmt(floor),
         over.length === 0 ? '–' : `${fmt(median(over))} (${fmt(Math.min(...over))}…${fmt(Math.max(...over))})`,
+        fmt(median(list.filter(r => !r.capped).map(r => r.exitCalledMs))),
         [...new Set(list.map(r => r.code ?? 'killed'))].join(','),
         fmt(median(list.map(r => r.clientClosedMs))),
         fmt(median(list.map(r => r.cpuMs ?? NaN)), 0),
@@ -256,7 +260,7 @@ for (const inflight of inflightCounts) {
   }
 }
 console.log('\n### SIGTERM → exit (median of rounds; over floor: median (min…max))\n')
-console.log(table(['idle', 'in flight', 'variant', 'SIGTERM→exit ms', 'floor ms', 'over floor ms', 'exit code', 'client saw last close ms', 'drain CPU ms',
+console.log(table(['idle', 'in flight', 'variant', 'SIGTERM→exit ms', 'floor ms', 'over floor ms', 'exit() at ms', 'exit code', 'client saw last close ms', 'drain CPU ms',
   'RSS at signal MB', 'peak RSS growth %', 'answered whole + close', 'client saw (per run)'], rows))
 
 const failures = runs.filter(r => r.failed.length > 0)

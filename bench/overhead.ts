@@ -38,15 +38,25 @@ const here = fileURLToPath(new URL('.', import.meta.url))
 const modes = ['keep-alive', 'new connection'] as const
 type Mode = typeof modes[number]
 
-interface Sample { rps: number, p50: number, p99: number, errors: number }
+interface Sample { rps: number, p50: number, p99: number, errors: number, cpuUs: number }
 
 if (spawnSync('wrk', ['-v']).error !== undefined) {
   console.error('wrk is not installed: apt-get install -y wrk (Debian/Ubuntu) or brew install wrk')
   process.exit(1)
 }
 
-/** One wrk run against `port`; latency in ms. */
-async function wrk (cpus: string | undefined, port: number, mode: Mode, seconds: number): Promise<Sample> {
+/** The server's CPU time so far, in µs. */
+async function cpuTime (server: Started): Promise<number> {
+  const reply = once(server.child, 'message')
+  server.child.send('cpu')
+  const [{ cpu }] = await reply as [{ cpu: NodeJS.CpuUsage }]
+  return cpu.user + cpu.system
+}
+
+/** One wrk run against `server`; latency in ms, server CPU per request in µs. */
+async function wrk (cpus: string | undefined, server: Started, mode: Mode, seconds: number): Promise<Sample> {
+  const port = server.hello.port as number
+  const cpuBefore = await cpuTime(server)
   const headers = mode === 'new connection' ? ['-H', 'Connection: close'] : []
   const [command, wrkArgs] = pinned(cpus, 'wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '-s', here + 'perf/wrk-report.lua',
     ...headers, `http://127.0.0.1:${port}/`])
@@ -58,7 +68,8 @@ async function wrk (cpus: string | undefined, port: number, mode: Mode, seconds:
   if (json === undefined) throw new Error(`wrk printed no figures:\n${out}`)
   const r = JSON.parse(json) as Record<string, number>
   const errors = (r.connect ?? 0) + (r.read ?? 0) + (r.write ?? 0) + (r.status ?? 0) + (r.timeout ?? 0)
-  return { rps: (r.requests as number) / ((r.durationUs as number) / 1e6), p50: (r.p50Us as number) / 1000, p99: (r.p99Us as number) / 1000, errors }
+  const cpuUs = ((await cpuTime(server)) - cpuBefore) / (r.requests as number)
+  return { rps: (r.requests as number) / ((r.durationUs as number) / 1e6), p50: (r.p50Us as number) / 1000, p99: (r.p99Us as number) / 1000, errors, cpuUs }
 }
 
 const cores = pinning()
@@ -78,17 +89,17 @@ const samples = new Map<string, Sample[]>()
 const key = (variant: Variant, mode: Mode): string => `${variant}/${mode}`
 try {
   for (const variant of chosen) {
-    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production' } }))
+    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production' }, ipc: true }))
   }
   // JIT and connection pools warm before anything counts.
   for (const variant of chosen) {
-    for (const mode of modes) await wrk(cores?.load, servers.get(variant)?.hello.port as number, mode, Number(args.warmup))
+    for (const mode of modes) await wrk(cores?.load, servers.get(variant) as Started, mode, Number(args.warmup))
   }
   for (let round = 0; round < rounds; round++) {
     const order = chosen.map((_, i) => chosen[(i + round) % chosen.length] as Variant)
     for (const mode of modes) {
       for (const variant of order) {
-        const sample = await wrk(cores?.load, servers.get(variant)?.hello.port as number, mode, duration)
+        const sample = await wrk(cores?.load, servers.get(variant) as Started, mode, duration)
         const list = samples.get(key(variant, mode)) ?? []
         list.push(sample)
         samples.set(key(variant, mode), list)
@@ -105,6 +116,7 @@ for (const mode of modes) {
   const rows = chosen.map(variant => {
     const list = samples.get(key(variant, mode)) ?? []
     const ratios = list.map((s, i) => s.rps / (bare[i] as Sample).rps)
+    const cpuRatios = list.map((s, i) => s.cpuUs / (bare[i] as Sample).cpuUs)
     const errors = list.reduce((sum, s) => sum + s.errors, 0)
     return [
       variant,
@@ -113,13 +125,15 @@ for (const mode of modes) {
       `${Math.min(...ratios).toFixed(3)}–${Math.max(...ratios).toFixed(3)}`,
       median(list.map(s => s.p50)).toFixed(2),
       median(list.map(s => s.p99)).toFixed(2),
+      median(list.map(s => s.cpuUs)).toFixed(1),
+      `${median(cpuRatios).toFixed(3)} (${Math.min(...cpuRatios).toFixed(3)}–${Math.max(...cpuRatios).toFixed(3)})`,
       errors
     ]
   })
   const bareRps = bare.map(s => s.rps)
   const drift = (Math.max(...bareRps) / Math.min(...bareRps) - 1) * 100
   console.log(`\n### ${mode}${mode === 'new connection' ? ' (Connection: close on every request)' : ''}\n`)
-  console.log(table(['variant', 'req/s (median)', 'ratio to bare (median)', 'ratio range over rounds', 'p50 ms', 'p99 ms', 'errors'], rows))
+  console.log(table(['variant', 'req/s (median)', 'ratio to bare (median)', 'ratio range over rounds', 'p50 ms', 'p99 ms', 'server CPU µs/req', 'CPU/req to bare (range)', 'errors'], rows))
   console.log(`\nnoise: bare alone moved ${drift.toFixed(1)} % between rounds (min ${Math.min(...bareRps).toFixed(0)}, max ${Math.max(...bareRps).toFixed(0)} req/s)`)
 }
 console.log(`\nload average at the end: ${machine().split('load average ')[1]}`)

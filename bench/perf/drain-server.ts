@@ -41,6 +41,7 @@ await app.ready()
 
 // Each peer wired as its README shows, with its defaults, exiting when it is done.
 if (variant === 'exit') process.on('SIGTERM', () => process.exit(0))
+if (variant === 'destroy-all') process.on('SIGTERM', () => { app.server.closeAllConnections(); process.exit(0) })
 if (variant === 'fastify.close()') process.on('SIGTERM', () => { app.close().then(() => process.exit(0), () => process.exit(1)) })
 if (variant === 'http-terminator') {
   const terminator = createHttpTerminator({ server: app.server })

@@ -1,7 +1,8 @@
 /**
  * The hello-world server of bench/overhead.ts, one variant per process:
  * `VARIANT=bare|plugin|http-terminator|terminus|close-with-grace|naive-hooks`.
- * It prints `{"port":n}` on stdout once it listens and runs until killed.
+ * It prints `{"port":n}` on stdout once it listens, answers any IPC message
+ * with its CPU time so far, and runs until killed.
  * Nothing here logs: a logger would cost more than what is being measured.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
@@ -32,6 +33,9 @@ async function build (variant: Variant): Promise<FastifyInstance> {
   if (variant === 'close-with-grace') closeWithGrace({ delay: 10_000 }, async () => { await app.close() })
   return app
 }
+
+// CPU time is what a shared machine distorts least: the parent reads it around each wrk run.
+process.on('message', () => { process.send?.({ cpu: process.cpuUsage() }) })
 
 const variant = process.env.VARIANT as Variant
 if (!variants.includes(variant)) throw new Error(`VARIANT must be one of ${variants.join(', ')}; got ${variant}`)
