@@ -188,7 +188,7 @@ export class Drain {
       // before those requests end anyway, so the listener stays open meanwhile for free.
       // Behind a per-connection balancer (kube-proxy) whose clients have moved away, new
       // connections are rare and a quiet second right after the last arrival proves little:
-      // closing the listener then refused the next one in about one rollover out of ten.
+      // closing the listener then refused the next one in 2 of 30 rollovers (test/rolling.test.ts).
       // While requests run, look again every quietPeriod: any end moves quietAt on.
       while (!this.#forced.signal.aborted) {
         const quietAt = this.#tracker.inFlight > 0 ? now() + quietPeriod : this.#tracker.lastActivityAt + quietPeriod

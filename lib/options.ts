@@ -50,7 +50,7 @@ export interface GracefulDrainOptions {
   gracePeriod?: number
   /** How long to keep serving normally after readiness flips, in ms (0 under SIGINT). @default 5000 */
   drainDelay?: number
-  /** After `drainDelay`, keep serving until no request has arrived for this long (probes excluded); 0 turns the extension off. @default 1000 */
+  /** After `drainDelay`, keep serving until no request has arrived or been in flight for this long (probes excluded); 0 turns the extension off. @default 1000 */
   quietPeriod?: number
   /** The latest the quiet-period extension may run to, in ms after the signal. @default drainDelay + half of what is left for in-flight requests */
   maxDrainDelay?: number
