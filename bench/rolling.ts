@@ -5,8 +5,8 @@
 // endpoint removal shortly after SIGTERM, health checks on /readyz, SIGKILL at
 // the grace period. Prints one markdown table.
 //
-//   npm run bench:rolling                 full matrix, two rollovers per run (~15 min)
-//   npm run bench:rolling -- --quick      one rollover per run (~8 min)
+//   npm run bench:rolling                 full matrix, two rollovers per run (~11 min on 2 cores)
+//   npm run bench:rolling -- --quick      one rollover per run (~6 min)
 //   npm run bench:rolling -- --servers=plugin,terminus --scenarios=tcp-150,http-late
 
 import { fork } from 'node:child_process'
