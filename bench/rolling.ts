@@ -9,7 +9,7 @@
 //   npm run bench:rolling -- --quick      one rollover per run (~6 min)
 //   npm run bench:rolling -- --servers=plugin,terminus --scenarios=tcp-150,http-late
 
-import { fork } from 'node:child_process'
+import { fork, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { haproxyAvailable } from '../test/helpers/haproxy.js'
@@ -75,6 +75,12 @@ const scenarioKeys = arg('scenarios')?.split(',') ?? SCENARIOS.map(s => s.key)
 for (const key of serverKeys) if (SERVERS[key] === undefined) throw new Error(`unknown server ${key}: ${Object.keys(SERVERS).join(', ')}`)
 for (const key of scenarioKeys) if (!SCENARIOS.some(s => s.key === key)) throw new Error(`unknown scenario ${key}: ${SCENARIOS.map(s => s.key).join(', ')}`)
 
+// Ctrl-C must not leave servers behind: they let go of their IPC channel, so
+// nothing else would end them (HAProxy dies with us through its pdeathsig).
+const children = new Set<ChildProcess>()
+process.on('exit', () => { for (const child of children) child.kill('SIGKILL') })
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130))
+
 /** Forks bench/servers/<name>.ts and waits for its `{ port }`. */
 async function startServer (name: string, drainDelay: number): Promise<Instance> {
   const child = fork(fileURLToPath(new URL(`./servers/${name}.ts`, import.meta.url)), {
@@ -82,6 +88,8 @@ async function startServer (name: string, drainDelay: number): Promise<Instance>
     env: { ...process.env, BENCH_GRACE_PERIOD: String(GRACE_PERIOD), BENCH_DRAIN_DELAY: String(drainDelay) },
     stdio: ['ignore', 'ignore', 'inherit', 'ipc']
   })
+  children.add(child)
+  child.once('exit', () => children.delete(child))
   let killedAt: number | undefined
   const exited = once(child, 'exit').then(([code, signal]) => ({
     code: code as number | null,
