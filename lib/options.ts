@@ -50,7 +50,7 @@ export interface GracefulDrainOptions {
   gracePeriod?: number
   /** How long to keep serving normally after readiness flips, in ms (0 under SIGINT). @default 5000 */
   drainDelay?: number
-  /** After `drainDelay`, keep serving until no request has arrived or been in flight for this long (probes excluded); 0 turns the extension off. @default 1000 */
+  /** After `drainDelay`, keep serving until no request has arrived or been in flight for this long (probes excluded); 0 turns the extension off. Two seconds because behind a per-connection balancer the old pod sees only the odd new connection once its clients have moved, and a 1 s gap between two of them still let 1 rollover in 34 lose a request (test/rolling.test.ts). @default 2000 */
   quietPeriod?: number
   /** The latest the quiet-period extension may run to, in ms after the signal. @default drainDelay + half of what is left for in-flight requests */
   maxDrainDelay?: number
@@ -99,7 +99,7 @@ export interface ResolvedOptions {
 export const defaults = Object.freeze({
   gracePeriod: 30_000,
   drainDelay: 5_000,
-  quietPeriod: 1_000,
+  quietPeriod: 2_000,
   exitMargin: 1_000,
   closeTimeout: 5_000,
   signals: Object.freeze(['SIGTERM', 'SIGINT'] as NodeJS.Signals[]),

@@ -58,7 +58,7 @@ t.test('every default comes from the `defaults` export', async t => {
   t.match(defaults, {
     gracePeriod: 30_000,
     drainDelay: 5_000,
-    quietPeriod: 1_000,
+    quietPeriod: 2_000,
     exitMargin: 1_000,
     readinessPath: '/readyz',
     livenessPath: '/livez',
