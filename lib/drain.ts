@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { ResolvedOptions } from './options.js'
 import type { DrainReport, DrainPhases } from './report.js'
-import { CloserAfterStartError } from './errors.js'
+import { AlreadyClosedError, CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
 import { Deadline, now, sleep } from './deadline.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
@@ -131,6 +131,8 @@ export class Drain {
   /** Starts the drain (once; later calls return the same report promise). */
   start (reason = 'api', options: StartOptions = {}): Promise<DrainReport> {
     if (this.#running !== undefined) return this.#running
+    // Closed without a drain (app.close()): a drain now would only call process.exit(0) out of the blue.
+    if (this.#state.current === 'closed') return Promise.reject(new AlreadyClosedError())
     this.#running = new Promise(resolve => { this.#resolve = resolve })
     this.#reason = reason
     this.#signal = options.signal

@@ -76,6 +76,12 @@ export const InvalidCloserError = createError(
   TypeError
 )
 
+export const AlreadyClosedError = createError(
+  'FST_GRACEFUL_DRAIN_ALREADY_CLOSED',
+  () => 'fastify.drain.start() was called after the app closed without a drain: there is nothing left to drain, ' +
+    'and exiting now would end the process behind your back; call start() instead of app.close(), not after it'
+)
+
 export const CloserAfterStartError = createError(
   'FST_GRACEFUL_DRAIN_CLOSER_AFTER_START',
   (name: string, state: string) =>

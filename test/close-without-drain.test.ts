@@ -71,6 +71,9 @@ t.test('fastify.close() without a drain closes normally and removes everything t
   t.equal(app.drain.state, 'closed')
   t.equal(app.drain.signal.aborted, false, 'no drain started')
   t.equal(app.drain.report, undefined, 'no drain, no report')
+  // A drain now would only call process.exit(0) behind the app's back: refused, with a code.
+  await t.rejects(app.drain.start('too late'), { code: 'FST_GRACEFUL_DRAIN_ALREADY_CLOSED' })
+  t.equal(app.drain.state, 'closed', 'the refused start changed nothing')
 
   t.same(signalListeners(), signalsBefore, 'SIGTERM and SIGINT listeners are back to what they were')
   t.same(serverListeners(app), serverBefore, 'the server listeners the plugin added are removed')
