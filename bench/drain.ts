@@ -263,8 +263,20 @@ console.log('\n### SIGTERM → exit (median of rounds; over floor: median (min�
 console.log(table(['idle', 'in flight', 'variant', 'SIGTERM→exit ms', 'floor ms', 'over floor ms', 'exit() at ms', 'exit code', 'client saw last close ms', 'drain CPU ms',
   'RSS at signal MB', 'peak RSS growth %', 'answered whole + close', 'client saw (per run)'], rows))
 
-const failures = runs.filter(r => r.failed.length > 0)
-for (const r of failures) console.log(`! ${r.variant} ${r.idle}+${r.inflight}: ${r.failed.length} in-flight not answered in full with Connection: close: ${[...new Set(r.failed)].join(', ')}`)
+// One line per variant and scenario whose in-flight responses were not all whole, 200 and `Connection: close`.
+const failures = new Map<string, { runs: number, failed: number, of: number, why: Set<string> }>()
+for (const r of runs.filter(r => r.failed.length > 0)) {
+  const key = `${r.variant} at ${r.idle} idle + ${r.inflight} in flight`
+  const entry = failures.get(key) ?? { runs: 0, failed: 0, of: 0, why: new Set<string>() }
+  entry.runs++
+  entry.failed += r.failed.length
+  entry.of += r.inflight
+  for (const why of r.failed) entry.why.add(why)
+  failures.set(key, entry)
+}
+for (const [key, f] of failures) {
+  console.log(`! ${key}: ${f.failed} of ${f.of} in-flight responses over ${f.runs} runs not whole with Connection: close (${[...f.why].join(', ')})`)
+}
 const plugin = runs.filter(r => r.variant === 'plugin' && r.report !== undefined)
 const forced = plugin.filter(r => r.report?.forced === true || r.report?.connections?.destroyed > 0)
 console.log(`\nplugin drain reports: ${plugin.length} runs, ${forced.length} forced or with destroyed connections`)

@@ -40,6 +40,8 @@ process.on('message', () => { process.send?.({ cpu: process.cpuUsage() }) })
 const variant = process.env.VARIANT as Variant
 if (!variants.includes(variant)) throw new Error(`VARIANT must be one of ${variants.join(', ')}; got ${variant}`)
 const app = await build(variant)
+// Lets `node --cpu-prof` write its profile on Ctrl-C for the variants that own no signal.
+if (process.listenerCount('SIGINT') === 0) process.once('SIGINT', () => process.exit(0))
 await app.listen({ port: 0, host: '127.0.0.1' })
 const address = app.server.address()
 process.stdout.write(JSON.stringify({ port: typeof address === 'object' && address !== null ? address.port : 0 }) + '\n')
