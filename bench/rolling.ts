@@ -1,7 +1,7 @@
 // Rolling restarts through a real HAProxy, for this plugin and the libraries
 // users would pick instead, at equal timing budgets (bench/servers/common.ts).
 // The scenario is test/rolling.test.ts's (test/helpers/rolling.ts): load over
-// 32 keep-alive connections, 10 % slow requests (0.2–2 s), rollovers A→B→C,
+// 128 keep-alive connections, 10 % slow requests (0.2–2 s), rollovers A→B→C,
 // endpoint removal shortly after SIGTERM, health checks on /readyz, SIGKILL at
 // the grace period. Prints one markdown table.
 //

@@ -47,7 +47,13 @@ export interface LoadOptions {
   durationMs: number
   /** stop sending after this many requests; default ceil(rate * durationMs / 1000) */
   maxRequests?: number
-  /** keep-alive connections in the pool; default 32 */
+  /**
+   * keep-alive connections in the pool; default 32. With `pipelining: 1` each
+   * carries one request at a time, so they must cover rate × mean latency
+   * (Little's law) with room to spare: otherwise requests queue in the pool,
+   * the queue grows for as long as the load runs, and the client, not the
+   * server, makes the latency (see `queuedMax`).
+   */
   connections?: number
   /** fraction of requests that are slow, spread evenly; default 0.1 (every 10th) */
   slowFraction?: number
@@ -57,7 +63,11 @@ export interface LoadOptions {
   fastPath?: string
   /** path of slow requests; default (ms) => `/slow?ms=${ms}` */
   slowPath?: (ms: number) => string
-  /** per request, from dispatch until the body is fully read; default 10000 (counts as 'timeout') */
+  /**
+   * per request, from the moment it is due (its slot in the schedule) until the
+   * body is fully read, time queued in the pool for a free connection
+   * included; default 10000 (counts as 'timeout')
+   */
   requestTimeoutMs?: number
   /** how many failures to keep in `samples`; default 20 */
   maxSamples?: number
@@ -92,6 +102,12 @@ export interface LoadResult {
   latency: { p50: number, p99: number, max: number }
   /** wall time from start until the last request settled, ms */
   elapsedMs: number
+  /**
+   * most requests waiting inside the pool for a free connection at once,
+   * sampled each time requests are sent: a queue that stays above 0 means the
+   * pool is too small for the rate and every latency includes the wait
+   */
+  queuedMax: number
 }
 
 export interface LoadStats {
@@ -176,6 +192,7 @@ export function startLoad (opts: LoadOptions): LoadHandle {
   const failures: Record<string, number> = {}
   const samples: FailureSample[] = []
   const latencies: number[] = []
+  let queuedMax = 0
   const inflight = new Set<Promise<void>>()
   let sending = true
   let timer: NodeJS.Timeout | undefined
@@ -247,6 +264,7 @@ export function startLoad (opts: LoadOptions): LoadHandle {
     while (sent < maxRequests && t < opts.durationMs && sent * intervalMs <= t) {
       fire(sent++)
     }
+    queuedMax = Math.max(queuedMax, pool.stats.queued)
     if (sent >= maxRequests || t >= opts.durationMs) {
       stopSending()
       return
@@ -274,7 +292,8 @@ export function startLoad (opts: LoadOptions): LoadHandle {
           p99: Math.round(percentile(sorted, 99)),
           max: Math.round(sorted[sorted.length - 1] ?? 0)
         },
-        elapsedMs
+        elapsedMs,
+        queuedMax
       }
     })()
     return result
