@@ -11,7 +11,7 @@
 // closed-without-response or timeout fails the test, and every old instance
 // must exit by itself with code 0 before the SIGKILL.
 //
-// Timing rule the scenarios follow (docs/sections/rolling.md): drainDelay must
+// Timing rule the scenarios follow (README, "The timing rule"): drainDelay must
 // cover both the endpoint propagation (maint 300 ms after SIGTERM) and the
 // health checks (inter 500 ms × fall 2 = 1 s); 1.5 s does. The late-LB
 // scenario breaks that rule on purpose and relies on the quiet period.
