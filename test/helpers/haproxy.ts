@@ -18,6 +18,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import type { Test } from 'tap'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -150,6 +151,18 @@ function haproxyBinary (): string | null {
 /** Is a usable haproxy binary installed (Debian/Ubuntu: `apt-get install haproxy`)? */
 export function haproxyAvailable (): boolean {
   return haproxyBinary() !== null
+}
+
+/**
+ * True when HAProxy is installed. Otherwise the test is skipped with the package
+ * to install — or failed under CI=true, where a skip would silently drop the proof.
+ */
+export function requireHaproxy (t: Pick<Test, 'fail' | 'skip'>): boolean {
+  if (haproxyAvailable()) return true
+  const msg = 'haproxy binary not found: install the Debian/Ubuntu package `haproxy` (apt-get install -y haproxy)'
+  if (process.env.CI === 'true') t.fail(msg)
+  else t.skip(msg, () => {})
+  return false
 }
 
 /** Generate the HAProxy config text. Exported for inspection/debugging. */
