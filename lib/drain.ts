@@ -138,7 +138,7 @@ export class Drain {
     this.#signal = options.signal
     const deadline = new Deadline(options.startedAt ?? now(), this.#options.gracePeriod - this.#options.exitMargin)
     this.#deadline = deadline
-    deadline.guard(() => { this.#finish(1, 'deadline').catch(this.#logFailure) })
+    deadline.guard(() => { this.#finish({ by: 'deadline', exitCode: 1 }).catch(this.#logFailure) })
     this.#state.moveTo('draining')
     this.#openAtStart = this.#tracker.size
     this.#inFlightAtStart = this.#tracker.inFlight
@@ -154,7 +154,7 @@ export class Drain {
   /** A second signal: exit at once with 128 + its number, as a shell would report the kill. */
   forceExit (signal: NodeJS.Signals): void {
     this.#log.warn({ signal }, 'second signal during the drain: exiting now')
-    this.#finish(signalExitCode(signal), 'second signal').catch(this.#logFailure)
+    this.#finish({ by: 'second signal', exitCode: signalExitCode(signal) }).catch(this.#logFailure)
   }
 
   readonly #logFailure = (error: unknown): void => {
@@ -168,11 +168,7 @@ export class Drain {
     if (this.#forced.signal.aborted) return
     await this.#closeResources()
     if (this.#forced.signal.aborted) return
-    const failed = this.#outcomes.some(outcome => outcome.outcome !== 'ok')
-    // Any socket destroyed at the budget was forced, named in `cut` or not (one that never sent a request):
-    // the exit code says what the report's `forced` says.
-    const forced = this.#cut.length > 0 || this.#tracker.counts().destroyed > 0
-    await this.#finish(forced || failed ? 1 : 0)
+    await this.#finish()
   }
 
   /** Delay phase: serve normally for drainDelay, then until a quiet period passes without requests. */
@@ -286,10 +282,15 @@ export class Drain {
     await this.#closers.run(this.#options.closeTimeout, () => Infinity, this.#logOutcome, { withApp: false })
   }
 
-  /** Ends the drain exactly once: normally, at the deadline, or on a second signal. */
-  async #finish (exitCode: number, forcedBy?: string): Promise<void> {
+  /**
+   * Ends the drain exactly once: normally, or forced by the deadline or a second
+   * signal (which bring their own exit code). On a normal end the exit code is
+   * derived here, from the same facts as the report's `forced`, so the two cannot disagree.
+   */
+  async #finish (forcedEnd?: { by: string, exitCode: number }): Promise<void> {
     if (this.#report !== undefined) return
     const deadline = this.#deadline as Deadline
+    const forcedBy = forcedEnd?.by
     if (forcedBy !== undefined) {
       this.#forced.abort()
       this.#outcomes = this.#closers.abandon(forcedBy)
@@ -302,6 +303,10 @@ export class Drain {
     this.#state.moveTo('closed')
     this.#phases.closed = round(deadline.elapsed())
     const counts = this.#tracker.counts()
+    // Any socket destroyed at the budget was forced, named in `cut` or not (one that never sent a request).
+    const forced = forcedBy !== undefined || counts.destroyed > 0 || this.#cut.length > 0
+    const failed = this.#outcomes.some(outcome => outcome.outcome !== 'ok')
+    const exitCode = forcedEnd?.exitCode ?? (forced || failed ? 1 : 0)
     const report: DrainReport = {
       reason: this.#reason,
       signal: this.#signal,
@@ -312,7 +317,7 @@ export class Drain {
       requests: { inFlightAtStart: this.#inFlightAtStart, servedDuringDrain: counts.servedDuringDrain, cut: this.#cut },
       connections: { openAtStart: this.#openAtStart, closedGracefully: counts.closedGracefully, destroyed: counts.destroyed },
       closers: [...this.#outcomes],
-      forced: forcedBy !== undefined || counts.destroyed > 0,
+      forced,
       exitCode,
       durationMs: round(deadline.elapsed())
     }
