@@ -84,6 +84,11 @@ export class Drain {
     return this.#aborter.signal
   }
 
+  /** True between the drain's start and its end: 'draining' or 'closing'. */
+  get running (): boolean {
+    return this.#state.isDraining && this.#state.current !== 'closed'
+  }
+
   get inFlight (): number {
     return this.#tracker.inFlight
   }

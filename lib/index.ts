@@ -68,7 +68,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const signals = installSignals(options.signals, signal => {
     if (signalled) return drain.forceExit(signal)
     signalled = true
-    if (drain.state === 'draining' || drain.state === 'closing') {
+    if (drain.running) {
       log.info({ signal, state: drain.state }, `${signal} received: the drain is already running, continuing it`)
       return
     }
@@ -101,7 +101,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   fastify.addHook('onClose', async () => {
     // A drain calls fastify.close() itself and cleans up when it finishes; an
     // app closing on its own (tests, fastify-cli) must not leave listeners behind.
-    if (drain.state === 'draining' || drain.state === 'closing') return
+    if (drain.running) return
     drain.markClosed()
     signals.uninstall()
     tracker.detach()

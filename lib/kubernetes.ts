@@ -67,7 +67,7 @@ export async function setupKubernetes (
 
   app.addHook('onClose', async () => {
     // During a drain fastify.close() runs before the report: the health port must outlive it.
-    if (drain.state === 'draining' || drain.state === 'closing') return
+    if (drain.running) return
     metrics?.dispose()
     await health?.close()
   })
