@@ -1,6 +1,6 @@
 import { once } from 'node:events'
 import type { ChildProcess } from 'node:child_process'
-import { rmSync } from 'node:fs'
+import { existsSync, rmSync } from 'node:fs'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { createServer, type AddressInfo, type Socket } from 'node:net'
@@ -38,6 +38,28 @@ async function freePort (): Promise<number> {
 const isAlive = (child: ChildProcess | undefined): child is ChildProcess =>
   child?.pid !== undefined && child.exitCode === null && child.signalCode === null
 
+// Whether the process still exists, for when the event loop can't tell us (an 'exit' handler).
+// A zombie counts as running: nobody reaps our children once the loop has stopped.
+const running = (child: ChildProcess): boolean => {
+  try {
+    return child.pid !== undefined && process.kill(child.pid, 0)
+  } catch {
+    return false
+  }
+}
+
+// Polls `done` until it holds or `timeoutMs` passes, blocking the thread: only for 'exit' handlers,
+// where nothing asynchronous runs any more. Returns whether `done` held.
+function waitSync (done: () => boolean, timeoutMs: number): boolean {
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  const deadline = performance.now() + timeoutMs
+  while (!done()) {
+    if (performance.now() >= deadline) return false
+    Atomics.wait(pause, 0, 0, 10)
+  }
+  return true
+}
+
 export async function startEmbeddedPostgres (opts: { log?: (line: string) => void } = {}): Promise<RunningPostgres> {
   const recent: string[] = [] // kept for error messages even when quiet
   const onLog = (chunk: unknown): void => {
@@ -60,11 +82,21 @@ export async function startEmbeddedPostgres (opts: { log?: (line: string) => voi
   const child = (): ChildProcess | undefined => (server as unknown as { process?: ChildProcess } | undefined)?.process
 
   // Last resort when the process exits without stop(): 'exit' handlers must be synchronous, so
-  // SIGQUIT (immediate shutdown, which also takes the backends down) by PID rather than waiting.
+  // SIGQUIT (immediate shutdown, which also takes the backends down) by PID, then wait for it the
+  // way `pg_ctl stop -w` does: the postmaster removes postmaster.pid last, once its backends are
+  // gone. Removing the directory while it exits races with postgres unlinking its socket, socket
+  // lock and postmaster.pid, and since Node 23 rmSync (native std::filesystem::remove_all) stops at
+  // the first entry that vanished under it and, with force, reports success with the rest left.
   const onExit = (): void => {
     const postmaster = child()
-    if (isAlive(postmaster)) postmaster.kill('SIGQUIT')
-    rmSync(root, { recursive: true, force: true, maxRetries: 2 }) // postgres may still be exiting
+    if (isAlive(postmaster)) {
+      postmaster.kill('SIGQUIT')
+      if (!waitSync(() => !existsSync(join(dataDir, 'postmaster.pid')) || !running(postmaster), STOP_ESCALATE_MS)) {
+        postmaster.kill('SIGKILL') // its backends see the postmaster die and exit on their own
+      }
+    }
+    // rmSync's success is no proof that the tree is gone (see above), so check.
+    for (let attempt = 0; attempt < 3 && existsSync(root); attempt++) rmSync(root, { recursive: true, force: true })
   }
   process.on('exit', onExit)
 
