@@ -77,9 +77,17 @@ export interface LoadOptions {
    * function) keeps the default `status <code>`.
    */
   classifyResponse?: (statusCode: number, body: string) => string | undefined
+  /**
+   * Send request i with this header set to `String(i)` (e.g. 'x-request-id'),
+   * so that a proxy's access log can say which requests it saw; every failure
+   * is then kept, with its id, in `failedRequests`.
+   */
+  requestIdHeader?: string
 }
 
 export interface FailureSample {
+  /** the request's index in the schedule, sent as `requestIdHeader` when set */
+  id: string
   kind: string
   /** ms since load start when the request was sent */
   at: number
@@ -98,6 +106,8 @@ export interface LoadResult {
   failures: Record<string, number>
   /** the first `maxSamples` failures */
   samples: FailureSample[]
+  /** every failure, when `requestIdHeader` is set (the samples are too few to match against a proxy's log) */
+  failedRequests?: FailureSample[]
   /** of successful requests, ms */
   latency: { p50: number, p99: number, max: number }
   /** wall time from start until the last request settled, ms */
@@ -174,6 +184,7 @@ export function startLoad (opts: LoadOptions): LoadHandle {
   const slowPath = opts.slowPath ?? ((ms: number) => `/slow?ms=${ms}`)
   const requestTimeoutMs = opts.requestTimeoutMs ?? 10_000
   const maxSamples = opts.maxSamples ?? 20
+  const idHeader = opts.requestIdHeader
 
   const pool = new Pool(opts.origin, {
     connections,
@@ -191,6 +202,7 @@ export function startLoad (opts: LoadOptions): LoadHandle {
   let slowCount = 0
   const failures: Record<string, number> = {}
   const samples: FailureSample[] = []
+  const failedRequests: FailureSample[] = []
   const latencies: number[] = []
   let queuedMax = 0
   const inflight = new Set<Promise<void>>()
@@ -199,10 +211,12 @@ export function startLoad (opts: LoadOptions): LoadHandle {
   let endSending: () => void = () => {}
   const sendingEnded = new Promise<void>((resolve) => { endSending = resolve })
 
-  const fail = (kind: string, at: number, path: string, detail: string): void => {
+  const fail = (i: number, kind: string, at: number, path: string, detail: string): void => {
     failed++
     failures[kind] = (failures[kind] ?? 0) + 1
-    if (samples.length < maxSamples) samples.push({ kind, at: Math.round(at), failedAt: Math.round(now()), path, detail })
+    const sample = { id: String(i), kind, at: Math.round(at), failedAt: Math.round(now()), path, detail }
+    if (samples.length < maxSamples) samples.push(sample)
+    if (idHeader !== undefined) failedRequests.push(sample)
   }
 
   // Deterministic mix: request i is slow when it crosses a multiple of
@@ -228,18 +242,18 @@ export function startLoad (opts: LoadOptions): LoadHandle {
     const p = (async () => {
       let res: Dispatcher.ResponseData | undefined
       try {
-        res = await pool.request({ path, method: 'GET', signal: ac.signal })
+        res = await pool.request({ path, method: 'GET', signal: ac.signal, headers: idHeader === undefined ? undefined : { [idHeader]: String(i) } })
         const body = await res.body.text() // read the whole body
         if (res.statusCode === 200) {
           ok++
           latencies.push(now() - at)
         } else {
-          fail(opts.classifyResponse?.(res.statusCode, body) ?? `status ${res.statusCode}`, at, path, body.slice(0, 200))
+          fail(i, opts.classifyResponse?.(res.statusCode, body) ?? `status ${res.statusCode}`, at, path, body.slice(0, 200))
         }
       } catch (err) {
         const kind = ac.signal.aborted ? 'timeout' : classifyError(err)
         const msg = err instanceof Error ? err.message : String(err)
-        fail(kind, at, path, res !== undefined ? `while reading the ${res.statusCode} body: ${msg}` : msg)
+        fail(i, kind, at, path, res !== undefined ? `while reading the ${res.statusCode} body: ${msg}` : msg)
       } finally {
         clearTimeout(deadline)
       }
@@ -287,6 +301,7 @@ export function startLoad (opts: LoadOptions): LoadHandle {
         failed,
         failures: { ...failures },
         samples: [...samples],
+        ...(idHeader === undefined ? {} : { failedRequests: [...failedRequests] }),
         latency: {
           p50: Math.round(percentile(sorted, 50)),
           p99: Math.round(percentile(sorted, 99)),
