@@ -1,13 +1,15 @@
-// A rolling deployment replayed through a real HAProxy, shared by
-// test/rolling.test.ts (the proof, in CI) and bench/rolling.ts (the same
-// scenario for the peers).
+// A rolling deployment replayed through a real load balancer — HAProxy (the
+// default) or nginx (test/helpers/nginx.ts) — shared by test/rolling.test.ts
+// and test/rolling-nginx.test.ts (the proofs, in CI) and bench/rolling.ts (the
+// same scenarios for the peers).
 //
 // What Kubernetes does when it replaces a pod, step by step:
-//   1. the new pod starts and becomes ready: its slot is made routable;
+//   1. the new pod starts and becomes ready: the load balancer routes to it;
 //   2. the old pod gets SIGTERM and, in parallel, the endpoints controller
-//      removes it: `maint` on its slot `maintAfterMs` later (kube-proxy and
-//      ingress controllers learn of the removal asynchronously);
-//   3. the load balancer's own health checks on /readyz may notice first;
+//      removes it: `maintAfterMs` later the load balancer stops routing to it
+//      (HAProxy: `maint` on its slot; nginx: a reload without it), because
+//      kube-proxy and ingress controllers learn of the removal asynchronously;
+//   3. HAProxy's own health checks on /readyz may notice first;
 //   4. the kubelet sends SIGKILL `gracePeriod` after SIGTERM if the pod is
 //      still there.
 // Load runs through all of it; every failed request is counted.
@@ -16,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { startHaproxy } from './haproxy.js'
 import type { HealthCheckOptions, LbMode } from './haproxy.js'
 import { startLoad } from './load.js'
-import type { LoadResult } from './load.js'
+import type { LoadOptions, LoadResult } from './load.js'
 
 /** One running server process: what the scenario needs from it. */
 export interface Instance {
@@ -26,16 +28,37 @@ export interface Instance {
   exited: Promise<{ code: number | null, signal: NodeJS.Signals | null, ms: number }>
 }
 
-export interface RollingOptions {
-  mode: LbMode
+/**
+ * A load balancer in front of the instances, as the scenario drives it. `R`
+ * is what it reports after the load (e.g. nginx's verdict on each failure).
+ */
+export interface Balancer<R = undefined> {
+  /** where the load is sent, e.g. 'http://127.0.0.1:12345' */
+  origin: string
+  /** what the load must do for this balancer (tell its own error pages apart, send request ids) */
+  load?: Pick<LoadOptions, 'classifyResponse' | 'requestIdHeader'>
+  /** route to 127.0.0.1:port; resolves once the balancer does */
+  add: (port: number) => Promise<void>
+  /** the endpoint removal: no new traffic to port; resolves once applied */
+  remove: (port: number) => Promise<void>
+  /** after the load, before stop(): what the balancer saw; `loadStartedAt` is the load's performance.now() origin */
+  report?: (load: LoadResult, loadStartedAt: number) => Promise<R>
+  stop: () => Promise<void>
+}
+
+export interface RollingOptions<R = undefined> {
+  /** HAProxy's mode, when `balancer` is not given */
+  mode?: LbMode
   /** requests per second */
   rate: number
   /** starts one instance of the app (a fresh process each time) */
   start: () => Promise<Instance>
-  /** SIGTERM → endpoint removal (`maint`), ms */
+  /** SIGTERM → endpoint removal (HAProxy `maint`, nginx reload), ms */
   maintAfterMs: number
-  /** HAProxy's health checks on the readiness path */
-  healthCheck: HealthCheckOptions
+  /** HAProxy's health checks on the readiness path, when `balancer` is not given */
+  healthCheck?: HealthCheckOptions
+  /** starts the load balancer; default HAProxy in `mode` with `healthCheck` */
+  balancer?: () => Promise<Balancer<R>>
   /** SIGTERM → SIGKILL, like terminationGracePeriodSeconds */
   gracePeriod: number
   /** successive rollovers (A→B, B→C, ...); default 2 */
@@ -57,9 +80,11 @@ export interface OldInstanceExit {
   killed: boolean
 }
 
-export interface RollingResult {
+export interface RollingResult<R = undefined> {
   load: LoadResult
   exits: OldInstanceExit[]
+  /** the balancer's report, when it makes one */
+  balancer?: R
 }
 
 /**
@@ -76,12 +101,41 @@ const DEFAULT_CONNECTIONS = 128
 /** Upper bound on the load's duration: it is stopped explicitly well before. */
 const LOAD_CAP_MS = 180_000
 
-export async function runRolling (opts: RollingOptions): Promise<RollingResult> {
+/** HAProxy with two slots that take turns: the new instance gets the free one, the removal puts the old one's in `maint`. */
+export async function haproxyBalancer (mode: LbMode, healthCheck: HealthCheckOptions): Promise<Balancer> {
+  const hap = await startHaproxy({ mode, slots: 2, healthCheck })
+  const slotOf = new Map<number, number>() // port → slot
+  return {
+    origin: `http://127.0.0.1:${hap.port}`,
+    load: { classifyResponse: haproxyOwn503 },
+    async add (port) {
+      const used = new Set(slotOf.values())
+      const slot = [1, 2].find(s => !used.has(s))
+      if (slot === undefined) throw new Error('haproxy: both slots are in use')
+      await hap.setServer(slot, port)
+      slotOf.set(port, slot)
+    },
+    async remove (port) {
+      const slot = slotOf.get(port)
+      if (slot === undefined) throw new Error(`haproxy: no slot routes to port ${port}`)
+      await hap.maint(slot)
+      slotOf.delete(port)
+    },
+    stop: async () => await hap.stop()
+  }
+}
+
+export async function runRolling<R = undefined> (opts: RollingOptions<R>): Promise<RollingResult<R>> {
   const rollovers = opts.rollovers ?? 2
   const settleMs = opts.settleMs ?? 1000
   const started: Instance[] = []
   const gone = new WeakSet<Instance>()
-  const hap = await startHaproxy({ mode: opts.mode, slots: 2, healthCheck: opts.healthCheck })
+  const startBalancer = opts.balancer ?? (async () => {
+    if (opts.mode === undefined || opts.healthCheck === undefined) throw new Error('runRolling: give either `balancer` or HAProxy\'s `mode` and `healthCheck`')
+    // Without `report`, a Balancer<undefined> is a Balancer<R> for any R.
+    return await haproxyBalancer(opts.mode, opts.healthCheck) as unknown as Balancer<R>
+  })
+  const lb = await startBalancer()
   let load: ReturnType<typeof startLoad> | undefined
   let loadStart = 0
   const step = (name: string): void => opts.onStep?.(name, Math.round(performance.now() - loadStart))
@@ -92,18 +146,18 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
       instance.exited.then(() => gone.add(instance), () => gone.add(instance))
       return instance
     }
+    const name = (i: number): string => String.fromCharCode(65 + i) // A, B, C, ...
     let old = await launch()
-    let oldSlot = 1
-    await hap.setServer(oldSlot, old.port)
+    await lb.add(old.port)
     loadStart = performance.now()
     load = startLoad({
-      origin: `http://127.0.0.1:${hap.port}`,
+      origin: lb.origin,
       rate: opts.rate,
       durationMs: LOAD_CAP_MS,
       connections: opts.connections ?? DEFAULT_CONNECTIONS,
       slowFraction: 0.1,
       slowMs: [200, 2000],
-      classifyResponse: haproxyOwn503
+      ...lb.load
     })
     // Scenario time, not a race guard: every keep-alive connection of the pool
     // is open and in use when the first rollover begins.
@@ -112,28 +166,28 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
     const exits: OldInstanceExit[] = []
     for (let i = 0; i < rollovers; i++) {
       const next = await launch()
-      const nextSlot = oldSlot === 1 ? 2 : 1
-      await hap.setServer(nextSlot, next.port)
-      step(`s${nextSlot} ready`)
+      await lb.add(next.port)
+      step(`${name(i + 1)} ready`)
 
       old.kill('SIGTERM')
-      step(`s${oldSlot} SIGTERM`)
+      step(`${name(i)} SIGTERM`)
       let killed = false
       const kubelet = setTimeout(() => { killed = true; old.kill('SIGKILL') }, opts.gracePeriod)
       // The endpoints controller: removal reaches the load balancer this much later.
-      const removal = sleep(opts.maintAfterMs).then(async () => { await hap.maint(oldSlot); step(`s${oldSlot} maint`) })
+      const leaving = old
+      const removal = sleep(opts.maintAfterMs).then(async () => { await lb.remove(leaving.port); step(`${name(i)} removed`) })
       removal.catch(() => {}) // awaited below; this only keeps a failure from being unhandled meanwhile
       const exit = await old.exited
       clearTimeout(kubelet)
-      step(`s${oldSlot} exited`)
+      step(`${name(i)} exited`)
       // A server that exits before its removal still gets removed (as in Kubernetes).
       await removal
       exits.push({ ...exit, killed })
       old = next
-      oldSlot = nextSlot
     }
     await sleep(settleMs)
-    return { load: await load.stop(), exits }
+    const result = await load.stop()
+    return { load: result, exits, balancer: await lb.report?.(result, loadStart) }
   } finally {
     await load?.stop()
     for (const instance of started) {
@@ -142,7 +196,7 @@ export async function runRolling (opts: RollingOptions): Promise<RollingResult> 
         await instance.exited.catch(() => {})
       }
     }
-    await hap.stop()
+    await lb.stop()
   }
 }
 
