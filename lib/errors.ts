@@ -49,10 +49,9 @@ export const InvalidOptionError = createError(
 
 export const ImpossibleBudgetError = createError(
   'FST_GRACEFUL_DRAIN_IMPOSSIBLE_BUDGET',
-  (drainDelay: number, closeTimeout: number, exitMargin: number, gracePeriod: number) =>
-    `\`drainDelay\` (${drainDelay}) + \`closeTimeout\` (${closeTimeout}) + \`exitMargin\` (${exitMargin}) ` +
-    `must be less than \`gracePeriod\` (${gracePeriod}), or no time is left for in-flight requests: ` +
-    'lower drainDelay or closeTimeout, or raise gracePeriod to match terminationGracePeriodSeconds × 1000',
+  (setTerms: string, gracePeriod: string, derived: string, fix: string) =>
+    `${setTerms} must be less than ${gracePeriod}, or no time is left for in-flight requests` +
+    `${derived === '' ? '' : ` (unset, so derived from gracePeriod and shrunk to fit: ${derived})`}: ${fix}`,
   RangeError
 )
 

@@ -1,6 +1,7 @@
 import { constants } from 'node:os'
 import type { DrainReport } from './report.js'
-import { ImpossibleBudgetError, InvalidOptionError } from './errors.js'
+import { InvalidOptionError } from './errors.js'
+import { budgetDefaults, resolveBudget, type Budget } from './budget.js'
 
 /** A readiness check: resolves `true` when the dependency it watches is usable. */
 export type ReadinessCheck = () => boolean | Promise<boolean>
@@ -46,18 +47,20 @@ export interface MetricsOptions {
 export type ExitFunction = (code: number, report: DrainReport) => void | Promise<void>
 
 export interface GracefulDrainOptions {
-  /** The pod's `terminationGracePeriodSeconds` × 1000: the drain is over, whatever hangs, `exitMargin` before it. @default 30000 */
-  gracePeriod?: number
-  /** How long to keep serving normally after readiness flips, in ms (0 under SIGINT). @default 5000 */
-  drainDelay?: number
-  /** After `drainDelay`, keep serving until no request has arrived or been in flight for this long (probes excluded); 0 turns the extension off. Two seconds because behind a per-connection balancer the old pod sees only the odd new connection once its clients have moved, and a 1 s gap between two of them still let 1 rollover in 34 lose a request (test/rolling.test.ts). @default 2000 */
-  quietPeriod?: number
+  /** The pod's `terminationGracePeriodSeconds` × 1000: the drain is over, whatever hangs, `exitMargin` before it. Every time option you leave unset is derived from it. @default 30000 */
+  gracePeriod?: number | undefined
+  /** How long to keep serving normally after readiness flips, in ms (0 under SIGINT). @default 5000, or gracePeriod / 4 when less */
+  drainDelay?: number | undefined
+  /** After `drainDelay`, keep serving until no request has arrived or been in flight for this long (probes and `quietPeriodIgnore` excluded); 0 turns the extension off, and it does not run when the delay is 0 unless set. Two seconds because behind a per-connection balancer the old pod sees only the odd new connection once its clients have moved, and a 1 s gap between two of them still let 1 rollover in 34 lose a request (test/rolling.test.ts). @default 2000, or gracePeriod / 5 when less */
+  quietPeriod?: number | undefined
+  /** Requests to these paths (any method, with or without a query string) are served but never count as traffic for the quiet period: scrapes and pollers that no load balancer routes keep coming whatever it does. Replaces the default list. @default ['/metrics'] */
+  quietPeriodIgnore?: readonly string[] | undefined
   /** The latest the quiet-period extension may run to, in ms after the signal. @default drainDelay + half of what is left for in-flight requests */
-  maxDrainDelay?: number
-  /** Headroom kept before `gracePeriod` for the report, the logger flush and the exit, in ms. @default 1000 */
-  exitMargin?: number
-  /** Time reserved for `fastify.close()` (the app's onClose hooks) and each closer, in ms. @default 5000 */
-  closeTimeout?: number
+  maxDrainDelay?: number | undefined
+  /** Headroom kept before `gracePeriod` for the report, the logger flush and the exit, in ms. @default 1000, or gracePeriod / 10 when less */
+  exitMargin?: number | undefined
+  /** The closers' share of the budget: in-flight requests are cut only when this and `exitMargin` are all that is left; also the default bound of `fastify.close()` and of each closer, in ms. @default 5000, or gracePeriod / 10 when less */
+  closeTimeout?: number | undefined
   /** Signals that start the drain; a second one forces the exit with 128 + its number. @default ['SIGTERM', 'SIGINT'] */
   signals?: readonly NodeJS.Signals[]
   /** The readiness probe, or `false` for none. @default { path: '/readyz' } */
@@ -78,13 +81,8 @@ export interface GracefulDrainOptions {
   metrics?: MetricsOptions | boolean
 }
 
-export interface ResolvedOptions {
-  readonly gracePeriod: number
-  readonly drainDelay: number
-  readonly quietPeriod: number
-  readonly maxDrainDelay: number
-  readonly exitMargin: number
-  readonly closeTimeout: number
+export interface ResolvedOptions extends Budget {
+  readonly quietPeriodIgnore: readonly string[]
   readonly signals: readonly NodeJS.Signals[]
   readonly readiness: Readonly<Required<ReadinessOptions>> | false
   readonly liveness: Readonly<Required<LivenessOptions>> | false
@@ -96,12 +94,14 @@ export interface ResolvedOptions {
   readonly metrics: Readonly<{ registry: MetricsRegistry | undefined, prefix: string }> | false
 }
 
+/** The defaults; the time options are the caps of the values derived from `gracePeriod` (see budget.ts). */
 export const defaults = Object.freeze({
-  gracePeriod: 30_000,
-  drainDelay: 5_000,
-  quietPeriod: 2_000,
-  exitMargin: 1_000,
-  closeTimeout: 5_000,
+  gracePeriod: budgetDefaults.gracePeriod,
+  drainDelay: budgetDefaults.drainDelay.cap,
+  quietPeriod: budgetDefaults.quietPeriod.cap,
+  exitMargin: budgetDefaults.exitMargin.cap,
+  closeTimeout: budgetDefaults.closeTimeout.cap,
+  quietPeriodIgnore: Object.freeze(['/metrics']),
   signals: Object.freeze(['SIGTERM', 'SIGINT'] as NodeJS.Signals[]),
   readinessPath: '/readyz',
   livenessPath: '/livez',
@@ -115,7 +115,7 @@ export const defaults = Object.freeze({
 
 const MIN_TOKEN_LENGTH = 16
 const LOG_LEVELS = new Set(['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'])
-const KNOWN_OPTIONS = new Set(['gracePeriod', 'drainDelay', 'quietPeriod', 'maxDrainDelay', 'exitMargin', 'closeTimeout',
+const KNOWN_OPTIONS = new Set(['gracePeriod', 'drainDelay', 'quietPeriod', 'quietPeriodIgnore', 'maxDrainDelay', 'exitMargin', 'closeTimeout',
   'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit', 'metrics'])
 
 function milliseconds (name: string, value: unknown, fallback: number, { positive = false } = {}): number {
@@ -137,6 +137,12 @@ function routePath (name: string, value: unknown, fallback: string): string {
     throw new InvalidOptionError(name, 'a path starting with "/"', value, `e.g. ${name}: '${fallback}'`)
   }
   return value
+}
+
+function resolvePaths (name: string, value: unknown, fallback: readonly string[]): readonly string[] {
+  if (value === undefined) return fallback
+  if (!Array.isArray(value)) throw new InvalidOptionError(name, 'an array of paths starting with "/"', value, `e.g. ${name}: ['/metrics']`)
+  return Object.freeze(value.map((path: unknown, i) => routePath(`${name}[${i}]`, path, fallback[0] ?? '/metrics')))
 }
 
 function resolveSignals (value: unknown): readonly NodeJS.Signals[] {
@@ -241,22 +247,7 @@ export function resolveOptions (input: GracefulDrainOptions = {}): ResolvedOptio
         `known options are ${[...KNOWN_OPTIONS].join(', ')}`)
     }
   }
-  const gracePeriod = milliseconds('gracePeriod', input.gracePeriod, defaults.gracePeriod, { positive: true })
-  const drainDelay = milliseconds('drainDelay', input.drainDelay, defaults.drainDelay)
-  const quietPeriod = milliseconds('quietPeriod', input.quietPeriod, defaults.quietPeriod)
-  const exitMargin = milliseconds('exitMargin', input.exitMargin, defaults.exitMargin)
-  const closeTimeout = milliseconds('closeTimeout', input.closeTimeout, defaults.closeTimeout, { positive: true })
-  if (drainDelay + closeTimeout + exitMargin >= gracePeriod) {
-    throw new ImpossibleBudgetError(drainDelay, closeTimeout, exitMargin, gracePeriod)
-  }
-  // The in-flight drain gets what the delay and the closers leave; by default the
-  // quiet-period extension may take at most half of that, so slow requests keep the rest.
-  const inFlightWindow = gracePeriod - exitMargin - closeTimeout
-  const maxDrainDelay = milliseconds('maxDrainDelay', input.maxDrainDelay, drainDelay + (inFlightWindow - drainDelay) / 2)
-  if (maxDrainDelay < drainDelay || maxDrainDelay >= inFlightWindow) {
-    throw new InvalidOptionError('maxDrainDelay', `a number from drainDelay (${drainDelay}) to below ` +
-      `gracePeriod − exitMargin − closeTimeout (${inFlightWindow})`, maxDrainDelay, 'or leave it unset for the default')
-  }
+  const budget = resolveBudget(input)
   const healthPort = resolveHealthPort(input.healthPort)
   const healthHost = input.healthHost ?? defaults.healthHost
   if (typeof healthHost !== 'string' || healthHost === '') {
@@ -267,12 +258,8 @@ export function resolveOptions (input: GracefulDrainOptions = {}): ResolvedOptio
     throw new InvalidOptionError('probeLogLevel', `one of ${[...LOG_LEVELS].join(', ')}`, probeLogLevel)
   }
   return Object.freeze({
-    gracePeriod,
-    drainDelay,
-    quietPeriod,
-    maxDrainDelay,
-    exitMargin,
-    closeTimeout,
+    ...budget,
+    quietPeriodIgnore: resolvePaths('quietPeriodIgnore', input.quietPeriodIgnore, defaults.quietPeriodIgnore),
     signals: resolveSignals(input.signals),
     readiness: resolveReadiness(input.readiness),
     liveness: resolveLiveness(input.liveness),

@@ -35,7 +35,9 @@ t.test('every default comes from the `defaults` export', async t => {
   t.equal(resolved.drainDelay, defaults.drainDelay)
   t.equal(resolved.quietPeriod, defaults.quietPeriod)
   t.equal(resolved.exitMargin, defaults.exitMargin)
-  t.equal(resolved.closeTimeout, defaults.closeTimeout)
+  // The closers' share is a tenth of the grace period, capped: 3000 at the default 30 s (test/budget.test.ts).
+  t.equal(resolved.closeTimeout, Math.min(defaults.closeTimeout, defaults.gracePeriod / 10))
+  t.same(resolved.quietPeriodIgnore, defaults.quietPeriodIgnore)
   t.same(resolved.signals, defaults.signals)
   t.same(resolved.readiness, {
     path: defaults.readinessPath,
@@ -50,7 +52,7 @@ t.test('every default comes from the `defaults` export', async t => {
   t.equal(resolved.probeLogLevel, defaults.probeLogLevel)
   t.equal(resolved.exit, true)
   // The quiet-period cap defaults to the delay plus half of what the in-flight drain has left.
-  const inFlightWindow = defaults.gracePeriod - defaults.exitMargin - defaults.closeTimeout
+  const inFlightWindow = defaults.gracePeriod - defaults.exitMargin - resolved.closeTimeout
   t.equal(resolved.maxDrainDelay, defaults.drainDelay + (inFlightWindow - defaults.drainDelay) / 2)
   t.same(resolveOptions({ preStop: true, healthPort: 9000 }).preStop, { path: defaults.preStopPath, token: undefined })
 
@@ -153,7 +155,9 @@ cases.push(
   ['gracePeriod', { gracePeriod: 0 }, '0', 'e.g. gracePeriod: 30000'],
   ['closeTimeout', { closeTimeout: 0 }, '0', 'e.g. closeTimeout: 5000'],
   ['maxDrainDelay', { drainDelay: 5000, maxDrainDelay: 4000 }, '4000', 'or leave it unset'],
-  ['maxDrainDelay', { maxDrainDelay: 24_000 }, '24000', 'or leave it unset'],
+  ['maxDrainDelay', { maxDrainDelay: 26_000 }, '26000', 'or leave it unset'],
+  ['quietPeriodIgnore', { quietPeriodIgnore: '/metrics' }, '"/metrics"', "e.g. quietPeriodIgnore: ['/metrics']"],
+  ['quietPeriodIgnore[1]', { quietPeriodIgnore: ['/metrics', 'status'] }, '"status"', "e.g. quietPeriodIgnore[1]: '/metrics'"],
   ['readiness.checkTimeout', { readiness: { checkTimeout: 0 } }, '0', 'e.g. readiness.checkTimeout: 1000'],
   ['readiness.checkCacheTtl', { readiness: { checkCacheTtl: -5 } }, '-5', 'e.g. readiness.checkCacheTtl: 1000'],
   ['signals', { signals: 'SIGTERM' }, '"SIGTERM"', "signals: ['SIGTERM', 'SIGINT']"],
@@ -212,18 +216,25 @@ t.test('every bad value fails with a coded TypeError naming the option, the valu
   }
 })
 
-t.test('an impossible budget is a RangeError that names the four numbers', async t => {
+t.test('an impossible budget of values the user set is a RangeError that names them and proposes numbers that fit', async t => {
   const input = { gracePeriod: 10_000, drainDelay: 5_000, closeTimeout: 4_000, exitMargin: 1_000 }
   const error = caught(() => resolveOptions(input))
   t.type(error, RangeError)
   t.equal(error.code, BUDGET)
-  for (const part of ['`drainDelay` (5000)', '`closeTimeout` (4000)', '`exitMargin` (1000)', '`gracePeriod` (10000)']) {
+  for (const part of ['`drainDelay` (5000, set)', '`closeTimeout` (4000, set)', '`exitMargin` (1000, set)', '`gracePeriod` (10000, set)']) {
     t.match(error.message, part)
   }
-  t.match(error.message, /lower drainDelay or closeTimeout, or raise gracePeriod/)
-  t.equal(caught(() => resolveOptions({ drainDelay: 30_000 })).code, BUDGET, 'a delay as long as the grace period')
-  // One millisecond less leaves 1 ms for in-flight requests: tight, but possible.
-  t.equal(resolveOptions({ ...input, exitMargin: 999 }).gracePeriod, 10_000)
+  t.match(error.message, /set gracePeriod: 13000 \(and terminationGracePeriodSeconds: 13\), or drainDelay: 2500/)
+  // The two numbers it proposes really fit.
+  t.equal(resolveOptions({ ...input, gracePeriod: 13_000 }).gracePeriod, 13_000)
+  t.equal(resolveOptions({ ...input, drainDelay: 2_500 }).drainDelay, 2_500)
+
+  const unsetGrace = caught(() => resolveOptions({ drainDelay: 30_000 }))
+  t.equal(unsetGrace.code, BUDGET, 'a delay as long as the default grace period')
+  t.match(unsetGrace.message, '`gracePeriod` (30000, the default)', 'says the grace period was not set')
+  t.match(unsetGrace.message, 'derived from gracePeriod and shrunk to fit: `closeTimeout`, `exitMargin`', 'names the derived values')
+  // Set values that leave 10 ms or more still fit: the derived reservations shrink around them.
+  t.equal(resolveOptions({ ...input, exitMargin: 990 }).gracePeriod, 10_000)
 })
 
 t.test('registration rejects bad options with the coded error', async t => {
@@ -235,7 +246,7 @@ t.test('registration rejects bad options with the coded error', async t => {
   })
   const budget = Fastify()
   t.teardown(() => budget.close())
-  await t.rejects(async () => await budget.register(gracefulDrain, { ...quiet, gracePeriod: 1_000 }), { code: BUDGET })
+  await t.rejects(async () => await budget.register(gracefulDrain, { ...quiet, gracePeriod: 1_000, drainDelay: 1_000 }), { code: BUDGET })
 })
 
 t.test('registering twice on one app is a clear error', async t => {
