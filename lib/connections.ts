@@ -40,8 +40,21 @@ interface Connection {
 }
 
 type TrackedSocket = Socket & { [kConnection]?: Connection }
+/** Marks a response to a path in `quietPeriodIgnore`: in flight, but not traffic for the quiet period. */
+const kBackground = Symbol('fastify-graceful-drain.background')
 /** Only HTTP/2 responses carry their connection: once a stream has closed, its `req.socket` proxy no longer reaches the session's socket. */
-type TrackedResponse = ServerResponse & { [kConnection]?: Connection }
+type TrackedResponse = ServerResponse & { [kConnection]?: Connection, [kBackground]?: true }
+
+/** Requests to one route that arrived while the drain was recording them. */
+export interface Arrivals {
+  route: string
+  count: number
+  firstAt: number
+  lastAt: number
+}
+
+/** Routes recorded at most: paths with ids in them must not grow the map without bound. */
+const MAX_ROUTES = 20
 
 export interface ConnectionCounts {
   open: number
@@ -62,10 +75,14 @@ export class ConnectionTracker {
   /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
   readonly #plainHttp1: boolean
   readonly #isProbe: (url: string | undefined) => boolean
+  readonly #isBackground: (url: string | undefined) => boolean
   readonly #connections = new Set<Connection>()
   readonly #emptyWaiters: Array<() => void> = []
   readonly #changeWaiters: Array<() => void> = []
   #inFlight = 0
+  /** In flight and not background: what the quiet period waits for. */
+  #trafficInFlight = 0
+  #arrivals: Map<string, Arrivals> | undefined
   #draining = false
   #closing = false
   #lastRequestAt = -Infinity
@@ -79,10 +96,12 @@ export class ConnectionTracker {
   readonly #onSocketClose: (this: TrackedSocket) => void
   readonly #onResponseClose: (this: ServerResponse) => void
 
-  constructor (server: Server, isProbe: (url: string | undefined) => boolean) {
+  constructor (server: Server, isProbe: (url: string | undefined) => boolean,
+    isBackground: (url: string | undefined) => boolean = () => false) {
     this.#server = server
     this.#plainHttp1 = server instanceof Http1Server
     this.#isProbe = isProbe
+    this.#isBackground = isBackground
     const tracker = this
     this.#onSocketClose = function () { tracker.#forget(this) }
     this.#onResponseClose = function () { tracker.#responseEnded(this) }
@@ -104,8 +123,27 @@ export class ConnectionTracker {
     return this.#inFlight
   }
 
+  /** Requests in flight that count as traffic (not probes, not `quietPeriodIgnore` paths). */
+  get trafficInFlight (): number {
+    return this.#trafficInFlight
+  }
+
   get size (): number {
     return this.#connections.size
+  }
+
+  /**
+   * From now on, count the traffic that arrives per route (method and path),
+   * so that a quiet period that never came can name what kept it busy.
+   * Runs only during the drain's extension: nothing per request before it.
+   */
+  recordArrivals (): void {
+    this.#arrivals ??= new Map()
+  }
+
+  /** The routes recorded since recordArrivals(), busiest first. */
+  arrivals (): Arrivals[] {
+    return [...(this.#arrivals?.values() ?? [])].sort((a, b) => b.count - a.count)
   }
 
   /** Monotonic time of the last non-probe request since the drain started. */
@@ -114,8 +152,9 @@ export class ConnectionTracker {
   }
 
   /**
-   * Monotonic time a non-probe request last arrived or ended since the drain
-   * started: the quiet period counts from here (see Drain#keepServing).
+   * Monotonic time a traffic request (not a probe, not a `quietPeriodIgnore`
+   * path) last arrived or ended since the drain started: the quiet period
+   * counts from here (see Drain#keepServing).
    */
   get lastActivityAt (): number {
     return this.#lastActivityAt
@@ -286,12 +325,14 @@ export class ConnectionTracker {
   #responseEnded (res: ServerResponse): void {
     const conn = (res as TrackedResponse)[kConnection] ?? (res.req.socket as TrackedSocket)[kConnection]
     this.#inFlight--
+    const background = (res as TrackedResponse)[kBackground] === true
+    if (!background) this.#trafficInFlight--
     if (conn === undefined) return
     conn.inFlight--
     if (conn.response === res) conn.response = undefined
     conn.streams?.delete(res)
     conn.bytesAtRest = conn.reader.bytesRead
-    if (this.#draining) this.#lastActivityAt = now()
+    if (this.#draining && !background) this.#lastActivityAt = now()
     // A response whose headers went out before the drain promised keep-alive;
     // once the listener is closed nobody should reuse the socket, so end it now.
     if (this.#closing && conn.inFlight === 0 && !conn.upgraded && this.#endGracefully(conn)) this.#changed()
@@ -311,9 +352,27 @@ export class ConnectionTracker {
     }
     this.#inFlight++
     res.on('close', this.#onResponseClose)
+    if (this.#isBackground(req.url)) {
+      (res as TrackedResponse)[kBackground] = true
+      if (this.#draining) this.#servedDuringDrain++
+      return
+    }
+    this.#trafficInFlight++
     if (this.#draining) {
       this.#servedDuringDrain++
       this.#lastRequestAt = this.#lastActivityAt = now()
+      if (this.#arrivals !== undefined) this.#recordArrival(req, this.#arrivals)
+    }
+  }
+
+  #recordArrival (req: IncomingMessage, arrivals: Map<string, Arrivals>): void {
+    const route = describe(req)
+    const entry = arrivals.get(route)
+    if (entry !== undefined) {
+      entry.count++
+      entry.lastAt = this.#lastRequestAt
+    } else if (arrivals.size < MAX_ROUTES) {
+      arrivals.set(route, { route, count: 1, firstAt: this.#lastRequestAt, lastAt: this.#lastRequestAt })
     }
   }
 

@@ -1,10 +1,12 @@
 import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { ResolvedOptions } from './options.js'
-import type { DrainReport, DrainPhases } from './report.js'
+import type { DrainDelay, DrainReport, DrainPhases } from './report.js'
 import { AlreadyClosedError, CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
 import { Deadline, now, sleep } from './deadline.js'
+import { inFlightEnd } from './budget.js'
+import { keepServing } from './delay.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
 import { ConnectionTracker, LINGER_MS } from './connections.js'
 import { closeListener } from './socket-internals.js'
@@ -57,7 +59,7 @@ export class Drain {
   #reason = 'api'
   #signal: NodeJS.Signals | undefined
   #phases: DrainPhases = { draining: 0 }
-  #delay = { plannedMs: 0, actualMs: 0, extendedMs: 0 }
+  #delay: DrainDelay = { plannedMs: 0, actualMs: 0, extendedMs: 0, endedBy: 'forced' }
   #openAtStart = 0
   #inFlightAtStart = 0
   #cut: string[] = []
@@ -167,50 +169,15 @@ export class Drain {
   }
 
   async #run (skipDelay: boolean): Promise<void> {
-    await this.#keepServing(skipDelay)
+    const deadline = this.#deadline as Deadline
+    this.#delay.plannedMs = skipDelay ? 0 : this.#options.drainDelay
+    this.#delay = await keepServing({ deadline, options: this.#options, tracker: this.#tracker, forced: this.#forced.signal, log: this.#log }, skipDelay)
     if (this.#forced.signal.aborted) return
     await this.#closeConnections()
     if (this.#forced.signal.aborted) return
     await this.#closeResources()
     if (this.#forced.signal.aborted) return
     await this.#finish()
-  }
-
-  /** Delay phase: serve normally for drainDelay, then until a quiet period passes without requests. */
-  async #keepServing (skipDelay: boolean): Promise<void> {
-    const deadline = this.#deadline as Deadline
-    const { drainDelay, quietPeriod, maxDrainDelay } = this.#options
-    const planned = skipDelay ? 0 : drainDelay
-    this.#delay.plannedMs = planned
-    await sleep(deadline.until(planned), this.#forced.signal)
-    // Timer lateness on a busy machine is not an extension: measure from when the planned delay really ended.
-    const plannedEnd = deadline.elapsed()
-    if (!skipDelay && quietPeriod > 0) {
-      // Load balancers that notice late keep sending; closing now would refuse their traffic.
-      // The quiet period starts once nothing is in flight either: the process cannot exit
-      // before those requests end anyway, so the listener stays open meanwhile for free.
-      // Behind a per-connection balancer (kube-proxy) whose clients have moved away, new
-      // connections are rare and a quiet second right after the last arrival proves little:
-      // closing the listener then refused the next one in 2 of 30 rollovers (test/rolling.test.ts).
-      // While requests run, look again every quietPeriod: any end moves quietAt on.
-      while (!this.#forced.signal.aborted) {
-        const quietAt = this.#tracker.inFlight > 0 ? now() + quietPeriod : this.#tracker.lastActivityAt + quietPeriod
-        const capAt = deadline.startedAt + maxDrainDelay
-        if (now() >= quietAt || now() >= capAt) break
-        await sleep(Math.min(quietAt, capAt) - now(), this.#forced.signal)
-      }
-    }
-    const actual = deadline.elapsed()
-    this.#delay.actualMs = round(actual)
-    this.#delay.extendedMs = round(actual - plannedEnd)
-    // Worth a warning only when requests still *arrived* after drainDelay: the load balancer is
-    // slower than drainDelay. Waiting for requests in flight is no news and not the operator's to fix.
-    const lastArrival = round(this.#tracker.lastRequestAt - deadline.startedAt)
-    if (this.#delay.extendedMs > 50 && lastArrival > plannedEnd) {
-      this.#log.warn({ drainDelay: planned, actualDelay: this.#delay.actualMs, lastArrival, quietPeriod },
-        `requests kept arriving after drainDelay, the last ${lastArrival} ms after the signal: the drain waited ` +
-        `${this.#delay.extendedMs} ms more for a ${quietPeriod} ms quiet period; raise drainDelay to at least ${Math.ceil(lastArrival)} ms`)
-    }
   }
 
   /** Closing phase: refuse new connections, close idle ones, wait for in-flight requests within the budget. */
@@ -220,7 +187,8 @@ export class Drain {
     this.#phases.closing = round(deadline.elapsed())
     closeListener(this.#app.server)
     this.events.emit('closing')
-    const httpBudgetEnd = deadline.end - deadline.startedAt - this.#options.closeTimeout
+    // Requests before reservations: only the closers' share and the exit margin are kept back.
+    const httpBudgetEnd = inFlightEnd(this.#options)
     // Ends the wait at the HTTP budget, or at once if the drain is forced.
     const budget = new AbortController()
     const onForced = (): void => budget.abort()
@@ -324,7 +292,8 @@ export class Drain {
       closers: [...this.#outcomes],
       forced,
       exitCode,
-      durationMs: round(deadline.elapsed())
+      durationMs: round(deadline.elapsed()),
+      remainingMs: round(deadline.remaining())
     }
     for (const [key, compute] of this.#sections) (report as unknown as Record<string, unknown>)[key] = compute()
     this.#report = report

@@ -19,14 +19,7 @@ export interface DrainReport {
   /** Milliseconds after the start by which everything had to be done (gracePeriod − exitMargin). */
   deadlineMs: number
   phases: DrainPhases
-  delay: {
-    /** The configured minimum (0 when skipped: SIGINT, or a preStop call already waited). */
-    plannedMs: number
-    /** How long the server really kept accepting after the signal. */
-    actualMs: number
-    /** How much the quiet period added to the planned delay. */
-    extendedMs: number
-  }
+  delay: DrainDelay
   requests: {
     inFlightAtStart: number
     servedDuringDrain: number
@@ -44,12 +37,31 @@ export interface DrainReport {
   forced: boolean
   exitCode: number
   durationMs: number
+  /** Milliseconds that were left before the deadline when the drain ended. */
+  remainingMs: number
   /** HTTP/2 sessions open at the drain start or opened during it (present on an `http2: true` server). */
   http2Sessions?: LongLivedCounts
   /** WebSockets (@fastify/websocket) told to go away with close code 1001 (present when there were any). */
   webSockets?: LongLivedCounts
   /** `text/event-stream` responses open during the drain (present when there were any). */
   eventStreams?: LongLivedCounts
+}
+
+/** How long the server kept serving after the signal, and why it stopped when it did. */
+export interface DrainDelay {
+  /** The configured minimum (0 when skipped: SIGINT, or a preStop call already waited). */
+  plannedMs: number
+  /** How long the server really kept accepting after the signal. */
+  actualMs: number
+  /** How much the quiet period added to the planned delay. */
+  extendedMs: number
+  /**
+   * 'delay': traffic was already quiet when drainDelay ended; 'quiet period': extended until it was;
+   * 'cap': extended to maxDrainDelay without quiet; 'skipped': no delay (SIGINT, preStop); 'forced': cut short.
+   */
+  endedBy: 'delay' | 'quiet period' | 'cap' | 'skipped' | 'forced'
+  /** When the last traffic request arrived, in ms after the signal (absent: none arrived during the drain). */
+  lastArrivalMs?: number
 }
 
 /** Long-lived connections of one kind: how many the drain had to end, and how they ended. */

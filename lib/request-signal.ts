@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Drain } from './drain.js'
 import type { Deadline } from './deadline.js'
 import type { ResolvedOptions } from './options.js'
+import { inFlightEnd } from './budget.js'
 
 /** How long before the in-flight budget runs out `request.drainSignal` aborts, at most. */
 export const REQUEST_SIGNAL_MARGIN_MS = 1_000
@@ -14,7 +15,7 @@ export const REQUEST_SIGNAL_MARGIN_MS = 1_000
  * budget when that is shorter, so a short budget keeps most of its time for the work.
  */
 export function requestSignalAt (options: ResolvedOptions): number {
-  const budget = options.gracePeriod - options.exitMargin - options.closeTimeout
+  const budget = inFlightEnd(options)
   return budget - Math.min(REQUEST_SIGNAL_MARGIN_MS, budget / 10)
 }
 
