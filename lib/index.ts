@@ -8,6 +8,7 @@ import { assertSignalsFree, installSignals } from './signals.js'
 import { mainPortProbePaths, setupKubernetes } from './kubernetes.js'
 import { warnAboutLateSignalListeners } from './coexistence.js'
 import { setupProtocols } from './protocols.js'
+import { logBudget, warnAboutPlatform } from './platform.js'
 import type { CloserFunction, CloserOptions } from './closers.js'
 import type { DrainReport } from './report.js'
 import type { DrainState } from './state.js'
@@ -54,7 +55,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const log = fastify.log.child({ plugin: 'fastify-graceful-drain' })
   const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
-  const tracker = new ConnectionTracker(fastify.server, pathMatcher(probes))
+  const tracker = new ConnectionTracker(fastify.server, pathMatcher(probes), pathMatcher(options.quietPeriodIgnore))
   const drain = new Drain(fastify as FastifyInstance, options, log, tracker)
   // Probes, health port, preStop, readiness checks, diagnostics_channel, metrics: see kubernetes.ts.
   const kubernetes = await setupKubernetes(fastify as FastifyInstance, options, log, drain, tracker)
@@ -97,7 +98,11 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   })
   fastify.decorate('drain', api)
 
-  fastify.addHook('onListen', async () => { drain.markReady() })
+  fastify.addHook('onListen', async () => {
+    drain.markReady()
+    logBudget(log, options)
+    warnAboutPlatform(log, options)
+  })
   fastify.addHook('onClose', async () => {
     // A drain calls fastify.close() itself and cleans up when it finishes; an
     // app closing on its own (tests, fastify-cli) must not leave listeners behind.
