@@ -1,5 +1,5 @@
 /**
- * SIGTERM → exit with `drainDelay: 0` and `quietPeriod: 0`, against the floor
+ * SIGTERM → exit with `drainDelay: 0` (and nothing else set), against the floor
  * and the peers, as a function of idle keep-alive connections and in-flight
  * slow requests.
  *
