@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { ResolvedOptions } from './options.js'
-import type { Arrivals, ConnectionTracker } from './connections.js'
+import type { Arrivals, ConnectionTracker } from './connections/tracker.js'
 import type { DrainDelay } from './report.js'
 import { now, sleep, type Deadline } from './deadline.js'
 import { round } from './report.js'

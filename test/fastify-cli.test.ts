@@ -10,7 +10,7 @@ import { EventEmitter, once } from 'node:events'
 import { get as httpGet, Agent } from 'node:http'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { isCloseWithGraceSignalListener, takeOverSignals, type SignalEmitter } from '../lib/fastify-cli.js'
+import { isCloseWithGraceSignalListener, takeOverSignals, type SignalEmitter } from '../lib/coexistence/fastify-cli.js'
 
 const require = createRequire(import.meta.url)
 const closeWithGrace = require('close-with-grace') as (opts: { delay?: number, logger?: unknown }, fn: () => Promise<void>) => { uninstall (): void }

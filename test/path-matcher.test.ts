@@ -3,7 +3,7 @@
 // string, and nothing else matches, not even a longer path that starts the same.
 
 import t from 'tap'
-import { pathMatcher } from '../lib/connections.js'
+import { pathMatcher } from '../lib/connections/path-matcher.js'
 
 t.test('probe paths match exactly, with or without a query string', async t => {
   const isProbe = pathMatcher(new Set(['/readyz', '/livez']))

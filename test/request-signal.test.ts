@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks'
 import Fastify from 'fastify'
 import gracefulDrain, { resolveOptions } from 'fastify-graceful-drain'
 import { killChild, startChild } from './helpers/child.js'
-import { requestSignalAt } from '../lib/request-signal.js'
+import { requestSignalAt } from '../lib/protocols/request-signal.js'
 
 const options = { gracePeriod: 4000, drainDelay: 300, quietPeriod: 0, closeTimeout: 500, exitMargin: 200 }
 

@@ -1,15 +1,15 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
-import type { ResolvedOptions } from './options.js'
-import type { Drain } from './drain.js'
-import type { ConnectionTracker } from './connections.js'
-import type { DrainState } from './state.js'
-import { probePaths, registerProbes, type ReadinessSource } from './health.js'
+import type { ResolvedOptions } from '../options.js'
+import type { Drain } from '../drain.js'
+import type { ConnectionTracker } from '../connections/tracker.js'
+import type { DrainState } from '../state.js'
+import { probePaths, registerProbes, type ReadinessSource } from './probes.js'
 import { ReadinessChecks } from './readiness-checks.js'
 import { StartupTasks } from './startup-tasks.js'
 import { createHealthPort, type HealthPort } from './health-port.js'
 import { registerPreStop } from './prestop.js'
-import { publishDiagnostics } from './diagnostics.js'
-import { registerMetrics } from './metrics.js'
+import { publishDiagnostics } from '../observability/diagnostics.js'
+import { registerMetrics } from '../observability/metrics.js'
 
 export interface KubernetesWiring {
   /** `fastify.drain.startupTask()`: readiness says 'starting' until `task` resolves. */

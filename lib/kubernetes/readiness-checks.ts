@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { ReadinessCheck } from './options.js'
-import { now, unrefTimer } from './deadline.js'
+import type { ReadinessCheck } from '../options.js'
+import { now, unrefTimer } from '../deadline.js'
 
 interface CheckResult {
   readonly ok: boolean

@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import type { FastifyInstance } from 'fastify'
-import type { Drain } from './drain.js'
-import type { LongLivedCounts } from './report.js'
+import type { Drain } from '../drain.js'
+import type { LongLivedCounts } from '../report.js'
 
 /** 1001 "going away" (RFC 6455 §7.4.1): the server is going down; clients reconnect, through the load balancer, elsewhere. */
 export const GOING_AWAY = 1001

@@ -1,7 +1,7 @@
-import type { Drain } from './drain.js'
-import type { ConnectionTracker } from './connections.js'
-import type { MetricsRegistry } from './options.js'
-import { InvalidOptionError, MetricsUnavailableError } from './errors.js'
+import type { Drain } from '../drain.js'
+import type { ConnectionTracker } from '../connections/tracker.js'
+import type { MetricsRegistry } from '../options.js'
+import { InvalidOptionError, MetricsUnavailableError } from '../errors.js'
 
 const STATES = ['starting', 'ready', 'draining', 'closing', 'closed'] as const
 

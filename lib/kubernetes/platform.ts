@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { ResolvedOptions } from './options.js'
-import { inFlightEnd } from './budget.js'
-import { requestSignalAt } from './request-signal.js'
+import type { ResolvedOptions } from '../options.js'
+import { inFlightEnd } from '../budget.js'
+import { requestSignalAt } from '../protocols/request-signal.js'
 
 /**
  * Who sends SIGKILL, and when, when it is not Kubernetes. `gracePeriod`

@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import { Server as Http1Server, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { now } from './deadline.js'
+import { now } from '../deadline.js'
 import { closeAfterResponse, parentSocket } from './socket-internals.js'
 
 /**
@@ -379,24 +379,6 @@ export class ConnectionTracker {
   readonly #onUpgrade = (req: IncomingMessage): void => {
     const conn = (req.socket as TrackedSocket)[kConnection]
     if (conn !== undefined) conn.upgraded = true
-  }
-}
-
-/**
- * `(url) => url is one of paths, with or without a query string`, for the
- * tracker's per-request probe check: it allocates nothing (no split, no slice),
- * since it runs on every request.
- */
-export function pathMatcher (paths: Iterable<string>): (url: string | undefined) => boolean {
-  const list = [...paths]
-  return url => {
-    if (url === undefined) return false
-    for (let i = 0; i < list.length; i++) {
-      const path = list[i] as string
-      // 63 is '?'
-      if (url.startsWith(path) && (url.length === path.length || url.charCodeAt(path.length) === 63)) return true
-    }
-    return false
   }
 }
 

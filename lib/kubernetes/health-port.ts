@@ -1,7 +1,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
-import { HealthPortConflictError, HealthPortInUseError } from './errors.js'
+import { HealthPortConflictError, HealthPortInUseError } from '../errors.js'
 
 export interface HealthPort {
   /** The port the health listener is bound to (the real one when `healthPort` is 0), once it listens. */

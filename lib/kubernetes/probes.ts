@@ -1,6 +1,6 @@
 import type { FastifyInstance, LogLevel } from 'fastify'
-import type { ResolvedOptions } from './options.js'
-import type { DrainState } from './state.js'
+import type { ResolvedOptions } from '../options.js'
+import type { DrainState } from '../state.js'
 
 /** What `/readyz` needs to know; readiness checks (and later sources) plug in here. */
 export interface ReadinessSource {

@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify'
-import type { Drain } from './drain.js'
-import type { Deadline } from './deadline.js'
-import type { ResolvedOptions } from './options.js'
-import { inFlightEnd } from './budget.js'
+import type { Drain } from '../drain.js'
+import type { Deadline } from '../deadline.js'
+import type { ResolvedOptions } from '../options.js'
+import { inFlightEnd } from '../budget.js'
 
 /** How long before the in-flight budget runs out `request.drainSignal` aborts, at most. */
 export const REQUEST_SIGNAL_MARGIN_MS = 1_000

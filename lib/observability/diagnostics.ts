@@ -1,7 +1,7 @@
 import diagnostics from 'node:diagnostics_channel'
-import type { Drain } from './drain.js'
-import type { ConnectionTracker } from './connections.js'
-import type { DrainReport } from './report.js'
+import type { Drain } from '../drain.js'
+import type { ConnectionTracker } from '../connections/tracker.js'
+import type { DrainReport } from '../report.js'
 
 /**
  * The drain's life on `node:diagnostics_channel`, for APM agents and custom

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fastify'
-import type { Drain } from './drain.js'
-import { sleep, type Deadline } from './deadline.js'
+import type { Drain } from '../drain.js'
+import { sleep, type Deadline } from '../deadline.js'
 
 export interface PreStopOptions {
   readonly path: string

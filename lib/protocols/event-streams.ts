@@ -1,8 +1,8 @@
 import type { ServerResponse } from 'node:http'
-import type { ConnectionTracker } from './connections.js'
-import type { Drain } from './drain.js'
-import type { LongLivedCounts } from './report.js'
-import { headerBlock } from './socket-internals.js'
+import type { ConnectionTracker } from '../connections/tracker.js'
+import type { Drain } from '../drain.js'
+import type { LongLivedCounts } from '../report.js'
+import { headerBlock } from '../connections/socket-internals.js'
 
 /**
  * Server-sent event streams (`Content-Type: text/event-stream`), counted for the

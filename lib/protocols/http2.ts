@@ -1,7 +1,7 @@
 import type { Http2Session } from 'node:http2'
 import type { Server } from 'node:net'
-import type { Drain } from './drain.js'
-import type { LongLivedCounts } from './report.js'
+import type { Drain } from '../drain.js'
+import type { LongLivedCounts } from '../report.js'
 
 /**
  * HTTP/2 sessions of one server (`http2: true`, h2c or TLS with ALPN): every

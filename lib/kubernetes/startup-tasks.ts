@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import { InvalidOptionError } from './errors.js'
+import { InvalidOptionError } from '../errors.js'
 
 /**
  * Work the app must finish before it takes traffic (migrations, cache warm-up,
