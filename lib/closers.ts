@@ -1,5 +1,6 @@
-import { InvalidCloserError } from './errors.js'
-import { now, unrefTimer } from './deadline.js'
+import { InvalidCloserError, errorMessage } from './errors.js'
+import { now } from './deadline.js'
+import { bounded } from './bounded.js'
 
 /** Closes one resource; `signal` aborts when its time is up, so it can give up cleanly. */
 export type CloserFunction = (signal: AbortSignal) => unknown
@@ -39,8 +40,6 @@ export function validateCloser (name: unknown, fn: unknown, options: unknown): a
   }
 }
 
-const message = (error: unknown): string => error instanceof Error ? error.message : String(error)
-
 /**
  * Runs `fn` bounded by `timeout`: settles exactly once with the outcome,
  * whether `fn` returns, throws synchronously, rejects or never settles.
@@ -53,32 +52,19 @@ export async function runBounded (name: string, fn: CloserFunction, timeout: num
     name,
     outcome,
     durationMs: Math.round(now() - started),
-    ...(error === undefined ? {} : { error: message(error) })
+    ...(error === undefined ? {} : { error: errorMessage(error) })
   })
   if (timeout <= 0) return finish('skipped', 'no time left in the budget')
-  let timer: NodeJS.Timeout | undefined
-  let onStop = (): void => {}
-  // The timer is unref'd: during a drain the deadline's guard is the one ref'd handle (deadline.ts).
-  const expired = new Promise<CloserOutcome>(resolve => {
-    timer = unrefTimer(timeout, () => {
-      controller.abort(new Error(`closer "${name}" timed out after ${timeout} ms`))
-      resolve(finish('timeout', `did not finish within ${timeout} ms`))
-    })
-    onStop = () => {
-      controller.abort(stop?.reason)
-      resolve(finish('timeout', message(stop?.reason)))
-    }
-    stop?.addEventListener('abort', onStop, { once: true })
-  })
   // The async wrapper turns a synchronous throw into a rejection, so it is caught like one.
-  const ran = (async () => { await fn(controller.signal) })()
+  const ran = (): Promise<CloserOutcome> => (async () => { await fn(controller.signal) })()
     .then(() => finish('ok'), (error: unknown) => finish('error', error))
-  try {
-    return await Promise.race([ran, expired])
-  } finally {
-    clearTimeout(timer)
-    stop?.removeEventListener('abort', onStop)
-  }
+  return await bounded(ran, timeout, () => {
+    controller.abort(new Error(`closer "${name}" timed out after ${timeout} ms`))
+    return finish('timeout', `did not finish within ${timeout} ms`)
+  }, stop, () => {
+    controller.abort(stop?.reason)
+    return finish('timeout', errorMessage(stop?.reason))
+  })
 }
 
 /**

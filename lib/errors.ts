@@ -108,3 +108,6 @@ export const MetricsUnavailableError = createError(
   (reason: string) => `\`metrics\` needs prom-client, which could not be loaded (${reason}): ` +
     'install it (npm i prom-client) or leave `metrics` unset'
 )
+
+/** The message of whatever was thrown: an Error's message, anything else as a string. */
+export const errorMessage = (error: unknown): string => error instanceof Error ? error.message : String(error)

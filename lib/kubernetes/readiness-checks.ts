@@ -1,6 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { ReadinessCheck } from '../options.js'
-import { now, unrefTimer } from '../deadline.js'
+import { now } from '../deadline.js'
+import { bounded } from '../bounded.js'
+import { errorMessage } from '../errors.js'
 
 interface CheckResult {
   readonly ok: boolean
@@ -60,7 +62,9 @@ export class ReadinessChecks {
   async #evaluate (entry: CheckEntry): Promise<CheckResult> {
     if (entry.cached !== undefined && now() - entry.cached.at < this.#ttl) return entry.cached
     entry.running ??= this.#call(entry)
-    const result = await withTimeout(entry.running, this.#timeout)
+    const timeout = this.#timeout
+    const running = entry.running
+    const result = await bounded(() => running, timeout, (): CheckResult => ({ ok: false, why: `timed out after ${timeout} ms`, at: now() }))
     entry.cached = result
     if (entry.logged !== result.ok) {
       // The first result is only worth a line when it is a failure.
@@ -78,19 +82,11 @@ export class ReadinessChecks {
         (value: unknown): CheckResult => typeof value === 'boolean'
           ? { ok: value, why: value ? 'passed' : 'returned false', at: now() }
           : { ok: false, why: `returned ${describe(value)} instead of a boolean`, at: now() },
-        (error: unknown): CheckResult => ({ ok: false, why: `threw: ${error instanceof Error ? error.message : String(error)}`, at: now() })
+        (error: unknown): CheckResult => ({ ok: false, why: `threw: ${errorMessage(error)}`, at: now() })
       )
     running.finally(() => { if (entry.running === running) entry.running = undefined }).catch(() => {})
     return running
   }
-}
-
-function withTimeout (running: Promise<CheckResult>, timeout: number): Promise<CheckResult> {
-  let timer: NodeJS.Timeout | undefined
-  const expired = new Promise<CheckResult>(resolve => {
-    timer = unrefTimer(timeout, () => resolve({ ok: false, why: `timed out after ${timeout} ms`, at: now() }))
-  })
-  return Promise.race([running, expired]).finally(() => clearTimeout(timer))
 }
 
 function describe (value: unknown): string {

@@ -1,7 +1,7 @@
 import type { Drain } from '../drain.js'
 import type { ConnectionTracker } from '../connections/tracker.js'
 import type { MetricsRegistry } from '../options.js'
-import { InvalidOptionError, MetricsUnavailableError } from '../errors.js'
+import { InvalidOptionError, MetricsUnavailableError, errorMessage } from '../errors.js'
 
 const STATES = ['starting', 'ready', 'draining', 'closing', 'closed'] as const
 
@@ -24,7 +24,7 @@ export async function registerMetrics (
   try {
     prom = await import('prom-client')
   } catch (error) {
-    throw new MetricsUnavailableError(error instanceof Error ? error.message : String(error))
+    throw new MetricsUnavailableError(errorMessage(error))
   }
   const registry = (options.registry ?? prom.register) as InstanceType<typeof prom.Registry>
   const p = options.prefix
