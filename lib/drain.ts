@@ -1,32 +1,19 @@
-import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { ResolvedOptions } from './options.js'
 import type { DrainDelay, DrainReport, DrainPhases } from './report.js'
 import { AlreadyClosedError, CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
-import { Deadline, now, sleep } from './deadline.js'
+import { Deadline, now } from './deadline.js'
 import { inFlightEnd } from './budget.js'
 import { keepServing } from './delay.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
-import { ConnectionTracker, LINGER_MS } from './connections/tracker.js'
+import type { ConnectionTracker } from './connections/tracker.js'
+import { closeConnections, destroyRemaining } from './connections/closing.js'
 import { closeListener } from './connections/socket-internals.js'
-import { logReport, round } from './report.js'
+import type { Participants } from './participants.js'
+import { buildReport, logReport, round } from './report.js'
 import { exitProcess } from './exit.js'
 import { signalExitCode } from './signals.js'
-
-/**
- * Internal phase events, so protocol and Kubernetes modules (HTTP/2, WebSocket,
- * diagnostics, metrics) hook into the sequence without growing this file:
- * 'draining' (deadline), 'closing', 'budgetSpent' (just before the remaining
- * sockets are destroyed), 'resourcesClosing', 'closed' (report).
- */
-export interface DrainEvents {
-  draining: [deadline: Deadline]
-  closing: []
-  budgetSpent: []
-  resourcesClosing: []
-  closed: [report: DrainReport]
-}
 
 export interface StartOptions {
   /** Skip `drainDelay`: SIGINT, or a preStop call that has already waited it out. */
@@ -37,16 +24,18 @@ export interface StartOptions {
 }
 
 /**
- * The drain sequence of DESIGN §2, one instance per Fastify app:
- * signal → draining (serve, Connection: close) → closing (listener closed,
- * idle sockets closed, in-flight awaited, the rest destroyed at the budget) →
- * fastify.close() and the closers → report → exit.
+ * The drain sequence (docs/design.md, "The drain sequence"), one instance per
+ * Fastify app, and nothing else: start → keep serving (delay.ts) → close
+ * connections (connections/closing.ts) → close resources (closers.ts) →
+ * finish (the report and the exit code, report.ts). Each phase is announced
+ * to the participants (participants.ts), in their declared order.
  */
 export class Drain {
   readonly #app: FastifyInstance
   readonly #options: ResolvedOptions
   readonly #log: FastifyBaseLogger
   readonly #tracker: ConnectionTracker
+  readonly #participants: Participants
   readonly #closers: Closers
   readonly #state = new StateMachine()
   readonly #aborter = new AbortController()
@@ -64,16 +53,13 @@ export class Drain {
   #inFlightAtStart = 0
   #cut: string[] = []
   #outcomes: CloserOutcome[] = []
-  #onFinished: () => void = () => {}
-  readonly #sections = new Map<string, () => unknown>()
-  /** Phase events for the plugin's own modules; see DrainEvents. */
-  readonly events = new EventEmitter<DrainEvents>()
 
-  constructor (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, tracker: ConnectionTracker) {
+  constructor (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, tracker: ConnectionTracker, participants: Participants) {
     this.#app = app
     this.#options = options
     this.#log = log
     this.#tracker = tracker
+    this.#participants = participants
     this.#closers = new Closers(() => app.close())
   }
 
@@ -110,16 +96,6 @@ export class Drain {
     return { reason: this.#reason, signal: this.#signal }
   }
 
-  /** Runs once the drain has finished, before the exit: uninstall what the plugin installed. */
-  onFinished (fn: () => void): void {
-    this.#onFinished = fn
-  }
-
-  /** Adds `key` to the report, computed when the drain finishes (e.g. HTTP/2 sessions, WebSockets). */
-  addReportSection (key: string, compute: () => unknown): void {
-    this.#sections.set(key, compute)
-  }
-
   markReady (): void {
     this.#state.moveTo('ready')
   }
@@ -150,10 +126,11 @@ export class Drain {
     this.#openAtStart = this.#tracker.size
     this.#inFlightAtStart = this.#tracker.inFlight
     this.#tracker.startDraining()
+    // Before the signal aborts: participants see what is open before the app's handlers react to it.
+    this.#participants.draining(deadline)
     this.#aborter.abort(new Error(`drain started: ${reason}`))
     this.#log.info({ reason, gracePeriod: this.#options.gracePeriod, deadlineMs: round(deadline.end - deadline.startedAt) },
       'drain started: readiness now fails, still serving')
-    this.events.emit('draining', deadline)
     this.#run(options.skipDelay === true).catch(this.#logFailure)
     return this.#running
   }
@@ -186,56 +163,26 @@ export class Drain {
     this.#state.moveTo('closing')
     this.#phases.closing = round(deadline.elapsed())
     closeListener(this.#app.server)
-    this.events.emit('closing')
+    this.#participants.closing()
     // Requests before reservations: only the closers' share and the exit margin are kept back.
-    const httpBudgetEnd = inFlightEnd(this.#options)
-    // Ends the wait at the HTTP budget, or at once if the drain is forced.
-    const budget = new AbortController()
-    const onForced = (): void => budget.abort()
-    this.#forced.signal.addEventListener('abort', onForced, { once: true })
-    // Aborting on expiry ends the loop below: a settled budgetSpent alone would make every
-    // Promise.race settle at once, a microtask loop that starves every timer, the deadline's too.
-    const budgetSpent = sleep(deadline.until(httpBudgetEnd), budget.signal).then(() => budget.abort())
-    // Event-driven and linear in connections: one scan ends every idle socket; the
-    // next scan runs only when a fresh or lingering socket's grace runs out. Socket
-    // closes wake nothing but the last one, and a response that leaves its socket
-    // to linger only brings the next scan forward: re-scanning at every close took
-    // 19 s (5.7 s of CPU) to drain 10,000 idle keep-alive connections.
-    const empty = this.#tracker.whenEmpty()
-    let scanAt = now()
-    let timerAt = Infinity
-    let timer: Promise<void> | undefined
-    const onChange = (): void => { scanAt = Math.min(scanAt, now() + LINGER_MS) }
-    // A timer may fire a fraction of a millisecond before scanAt by performance.now(): scan anyway.
-    const onTimer = (): void => { scanAt = -Infinity }
-    while (this.#tracker.size > 0 && !budget.signal.aborted) {
-      if (now() >= scanAt) {
-        const recheck = this.#tracker.closeIdle()
-        scanAt = recheck === undefined ? Infinity : now() + recheck
-      }
-      // One timer per scan time, not per wake-up.
-      if (scanAt !== timerAt) {
-        timerAt = scanAt
-        timer = scanAt === Infinity ? undefined : sleep(scanAt - now(), budget.signal).then(onTimer)
-      }
-      const waits = [this.#tracker.nextChange().then(onChange), empty, budgetSpent]
-      if (timer !== undefined) waits.push(timer)
-      await Promise.race(waits)
-    }
-    this.#forced.signal.removeEventListener('abort', onForced)
-    budget.abort()
+    await closeConnections(this.#tracker, deadline.until(inFlightEnd(this.#options)), this.#forced.signal)
     if (this.#tracker.size > 0 && !this.#forced.signal.aborted) {
-      this.events.emit('budgetSpent')
-      this.#cut = this.#tracker.destroyAll()
+      this.#cut = this.#spendBudget()
       this.#log.warn({ cut: this.#cut }, 'drain budget spent: destroyed the connections still open')
     }
+  }
+
+  /** The participants hear it first (told once, however the budget ran out), then every socket still open is destroyed. */
+  #spendBudget (): string[] {
+    this.#participants.budgetSpent()
+    return destroyRemaining(this.#tracker)
   }
 
   /** Strictly after the last response: the app's onClose hooks, then the closers, each bounded. */
   async #closeResources (): Promise<void> {
     const deadline = this.#deadline as Deadline
     this.#phases.resourcesClosing = round(deadline.elapsed())
-    this.events.emit('resourcesClosing')
+    this.#participants.resourcesClosing()
     // fastify.close() (the app's onClose hooks) first, then the closers, last added first: see closers.ts.
     this.#outcomes = await this.#closers.run(this.#options.closeTimeout, () => deadline.remaining(), this.#logOutcome)
   }
@@ -257,50 +204,42 @@ export class Drain {
 
   /**
    * Ends the drain exactly once: normally, or forced by the deadline or a second
-   * signal (which bring their own exit code). On a normal end the exit code is
-   * derived here, from the same facts as the report's `forced`, so the two cannot disagree.
+   * signal (which bring their own exit code). The report and the exit code are
+   * built from the facts gathered here (report.ts).
    */
   async #finish (forcedEnd?: { by: string, exitCode: number }): Promise<void> {
     if (this.#report !== undefined) return
     const deadline = this.#deadline as Deadline
-    const forcedBy = forcedEnd?.by
-    if (forcedBy !== undefined) {
+    if (forcedEnd !== undefined) {
       this.#forced.abort()
-      this.#outcomes = this.#closers.abandon(forcedBy)
-      this.events.emit('budgetSpent')
-      const cut = this.#tracker.destroyAll()
+      this.#outcomes = this.#closers.abandon(forcedEnd.by)
+      const cut = this.#spendBudget()
       this.#cut.push(...cut)
-      this.#log.warn({ forcedBy, cut }, `drain forced to end by the ${forcedBy}`)
+      this.#log.warn({ forcedBy: forcedEnd.by, cut }, `drain forced to end by the ${forcedEnd.by}`)
     }
     deadline.disarm()
     this.#state.moveTo('closed')
     this.#phases.closed = round(deadline.elapsed())
-    const counts = this.#tracker.counts()
-    // Any socket destroyed at the budget was forced, named in `cut` or not (one that never sent a request).
-    const forced = forcedBy !== undefined || counts.destroyed > 0 || this.#cut.length > 0
-    const failed = this.#outcomes.some(outcome => outcome.outcome !== 'ok')
-    const exitCode = forcedEnd?.exitCode ?? (forced || failed ? 1 : 0)
-    const report: DrainReport = {
+    const report = buildReport({
       reason: this.#reason,
       signal: this.#signal,
-      startedAt: new Date(deadline.startedAtWall).toISOString(),
-      deadlineMs: round(deadline.end - deadline.startedAt),
+      deadline,
       phases: this.#phases,
       delay: this.#delay,
-      requests: { inFlightAtStart: this.#inFlightAtStart, servedDuringDrain: counts.servedDuringDrain, cut: this.#cut },
-      connections: { openAtStart: this.#openAtStart, closedGracefully: counts.closedGracefully, destroyed: counts.destroyed },
-      closers: [...this.#outcomes],
-      forced,
-      exitCode,
-      durationMs: round(deadline.elapsed()),
-      remainingMs: round(deadline.remaining())
-    }
-    for (const [key, compute] of this.#sections) (report as unknown as Record<string, unknown>)[key] = compute()
+      inFlightAtStart: this.#inFlightAtStart,
+      openAtStart: this.#openAtStart,
+      cut: this.#cut,
+      closers: this.#outcomes,
+      connections: this.#tracker.counts(),
+      sections: this.#participants.report(),
+      forcedEnd
+    })
     this.#report = report
-    this.#onFinished()
     logReport(this.#log, report)
-    this.events.emit('closed', report)
+    this.#participants.closed(report)
+    // Not awaited: the health port may still be closing while the process exits (exit.ts).
+    this.#participants.dispose().catch(this.#logFailure)
     this.#resolve?.(report)
-    await exitProcess(this.#options.exit, exitCode, report, this.#log)
+    await exitProcess(this.#options.exit, report.exitCode, report, this.#log)
   }
 }

@@ -5,11 +5,14 @@ import { AlreadyRegisteredError } from './errors.js'
 import { ConnectionTracker } from './connections/tracker.js'
 import { pathMatcher } from './connections/path-matcher.js'
 import { Drain } from './drain.js'
+import { Participants } from './participants.js'
 import { assertSignalsFree, installSignals } from './signals.js'
 import { mainPortProbePaths, setupKubernetes } from './kubernetes/index.js'
 import { warnAboutLateSignalListeners } from './coexistence/coexistence.js'
 import { setupProtocols } from './protocols/index.js'
 import { logBudget, warnAboutPlatform } from './kubernetes/platform.js'
+import { diagnosticsParticipant } from './observability/diagnostics.js'
+import { registerMetrics } from './observability/metrics.js'
 import type { CloserFunction, CloserOptions } from './closers.js'
 import type { DrainReport } from './report.js'
 import type { DrainState } from './state.js'
@@ -57,11 +60,15 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
   const tracker = new ConnectionTracker(fastify.server, pathMatcher(probes), pathMatcher(options.quietPeriodIgnore))
-  const drain = new Drain(fastify as FastifyInstance, options, log, tracker)
-  // Probes, health port, preStop, readiness checks, diagnostics_channel, metrics: see kubernetes.ts.
-  const kubernetes = await setupKubernetes(fastify as FastifyInstance, options, log, drain, tracker)
-  // HTTP/2 GOAWAY, WebSocket 1001, event-stream counts, request.drainSignal: see protocols.ts.
-  setupProtocols(fastify as FastifyInstance, options, drain, tracker)
+  // Each module's part in the drain; the order they hear each phase in is declared in participants.ts.
+  const participants = new Participants()
+  const drain = new Drain(fastify as FastifyInstance, options, log, tracker, participants)
+  // Probes, health port, preStop, readiness checks and startup tasks: see kubernetes/.
+  const kubernetes = setupKubernetes(fastify as FastifyInstance, options, log, drain)
+  participants.add(...kubernetes.participants, diagnosticsParticipant(drain, tracker, options))
+  if (options.metrics !== false) participants.add(await registerMetrics(options.metrics, drain, tracker))
+  // HTTP/2 GOAWAY, WebSocket 1001, event-stream counts, request.drainSignal: see protocols/.
+  participants.add(...setupProtocols(fastify as FastifyInstance, options, tracker))
 
   // Only a signal after a signal forces the exit: the SIGTERM that follows a
   // preStop call (or fastify.drain.start()) is the expected one, and joins the
@@ -82,10 +89,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
       '(close-with-grace, fastify-cli, the app?): they may close the server at once and undo the drain; remove them')
   }
   warnAboutLateSignalListeners(fastify as FastifyInstance, options.signals, signals.foreign, log)
-  drain.onFinished(() => {
-    signals.uninstall()
-    tracker.detach()
-  })
+  participants.add({ name: 'signals', dispose: () => signals.uninstall() }, { name: 'connections', dispose: () => tracker.detach() })
 
   const api: GracefulDrain = Object.freeze({
     get state () { return drain.state },
@@ -105,12 +109,11 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     warnAboutPlatform(log, options)
   })
   fastify.addHook('onClose', async () => {
-    // A drain calls fastify.close() itself and cleans up when it finishes; an
-    // app closing on its own (tests, fastify-cli) must not leave listeners behind.
+    // A drain calls fastify.close() itself and disposes of the participants when it finishes;
+    // an app closing on its own (tests, fastify-cli) must not leave listeners behind either.
     if (drain.running) return
     drain.markClosed()
-    signals.uninstall()
-    tracker.detach()
+    await participants.dispose()
     // Resources registered with addCloser() are closed on any close, not only after a drain.
     await drain.closeWithoutDrain()
   })

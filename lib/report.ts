@@ -1,5 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { CloserOutcome } from './closers.js'
+import type { Deadline } from './deadline.js'
+import type { ReportSections } from './participants.js'
 
 /** Milliseconds after the drain started at which each phase began (absent: never reached). */
 export interface DrainPhases {
@@ -74,6 +76,57 @@ export interface LongLivedCounts {
 }
 
 export const round = (ms: number): number => Math.round(ms)
+
+/** `total` seen, of which `destroyed` were cut at the budget: the rest ended gracefully. */
+export function longLivedCounts (total: number, destroyed: number): LongLivedCounts {
+  return { total, closedGracefully: total - destroyed, destroyed }
+}
+
+/** What the drain saw, gathered by drain.ts; the report and the exit code are derived from it here. */
+export interface DrainFacts {
+  reason: string
+  signal: NodeJS.Signals | undefined
+  deadline: Deadline
+  phases: DrainPhases
+  delay: DrainDelay
+  inFlightAtStart: number
+  openAtStart: number
+  /** Requests cut at the budget or by a forced end. */
+  cut: string[]
+  closers: CloserOutcome[]
+  connections: { servedDuringDrain: number, closedGracefully: number, destroyed: number }
+  sections: ReportSections
+  /** A forced end (deadline, second signal) brings its own exit code. */
+  forcedEnd: { by: string, exitCode: number } | undefined
+}
+
+/**
+ * The report, and the exit-code rule: on a normal end the code is derived from
+ * the same facts as `forced`, so the two cannot disagree (they once did: exit 0
+ * with forced: true). Any socket destroyed at the budget was forced, named in
+ * `cut` or not (one that never sent a request); a failed closer exits 1 too.
+ */
+export function buildReport (facts: DrainFacts): DrainReport {
+  const { deadline, connections } = facts
+  const forced = facts.forcedEnd !== undefined || connections.destroyed > 0 || facts.cut.length > 0
+  const failed = facts.closers.some(outcome => outcome.outcome !== 'ok')
+  return {
+    reason: facts.reason,
+    signal: facts.signal,
+    startedAt: new Date(deadline.startedAtWall).toISOString(),
+    deadlineMs: round(deadline.end - deadline.startedAt),
+    phases: facts.phases,
+    delay: facts.delay,
+    requests: { inFlightAtStart: facts.inFlightAtStart, servedDuringDrain: connections.servedDuringDrain, cut: facts.cut },
+    connections: { openAtStart: facts.openAtStart, closedGracefully: connections.closedGracefully, destroyed: connections.destroyed },
+    closers: [...facts.closers],
+    forced,
+    exitCode: facts.forcedEnd?.exitCode ?? (forced || failed ? 1 : 0),
+    durationMs: round(deadline.elapsed()),
+    remainingMs: round(deadline.remaining()),
+    ...facts.sections
+  }
+}
 
 /** One structured line with all the figures; the message says the outcome in words. */
 export function logReport (log: FastifyBaseLogger, report: DrainReport): void {

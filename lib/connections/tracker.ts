@@ -1,25 +1,19 @@
+// Longer than 150 lines because it is one class on purpose: the per-request path
+// (#onRequest, #responseEnded) reaches private counters through two listeners
+// created once, with no closure or object per request (docs/design.md, "Connections").
 import type { Socket } from 'node:net'
 import { Server as Http1Server, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { now } from '../deadline.js'
 import { closeAfterResponse, parentSocket } from './socket-internals.js'
+import { recordArrival, type Arrivals } from './arrivals.js'
+import { endGracefully } from './closing.js'
 
-/**
- * A socket that has not sent a byte yet is not idle in any useful sense: its
- * first request is probably on the wire. It gets this long after it was
- * accepted before the drain closes it (we lost a request exactly so).
- */
-export const FRESH_SOCKET_GRACE_MS = 1_000
-
-/**
- * Once a socket has no request and its write side is closed, no request can be
- * served on it any more; we only wait this long for the peer's FIN before
- * destroying it, so a peer that never closes its half cannot hold the drain.
- */
-export const LINGER_MS = 1_000
+export type { Arrivals } from './arrivals.js'
 
 const kConnection = Symbol('fastify-graceful-drain.connection')
 
-interface Connection {
+/** One client socket, as the closing policy (closing.ts) sees it. */
+export interface Connection {
   readonly socket: Socket
   /** The socket the HTTP parser reads: the TLS socket once the handshake is done, else the TCP one. */
   reader: Socket
@@ -45,17 +39,6 @@ const kBackground = Symbol('fastify-graceful-drain.background')
 /** Only HTTP/2 responses carry their connection: once a stream has closed, its `req.socket` proxy no longer reaches the session's socket. */
 type TrackedResponse = ServerResponse & { [kConnection]?: Connection, [kBackground]?: true }
 
-/** Requests to one route that arrived while the drain was recording them. */
-export interface Arrivals {
-  route: string
-  count: number
-  firstAt: number
-  lastAt: number
-}
-
-/** Routes recorded at most: paths with ids in them must not grow the map without bound. */
-const MAX_ROUTES = 20
-
 export interface ConnectionCounts {
   open: number
   inFlight: number
@@ -66,9 +49,9 @@ export interface ConnectionCounts {
 }
 
 /**
- * Tracks sockets and the requests on them for one server, and closes them on
- * the drain's schedule. Everything per request is a counter and a shared
- * listener: no closures, timers or objects per request.
+ * Tracks sockets and the requests on them for one server: counters, waiters
+ * and the connections the closing policy (closing.ts) walks. Everything per
+ * request is a counter and a shared listener: no closures, timers or objects per request.
  */
 export class ConnectionTracker {
   readonly #server: Server
@@ -103,7 +86,7 @@ export class ConnectionTracker {
     this.#isProbe = isProbe
     this.#isBackground = isBackground
     const tracker = this
-    this.#onSocketClose = function () { tracker.#forget(this) }
+    this.#onSocketClose = function () { tracker.forget(this[kConnection]) }
     this.#onResponseClose = function () { tracker.#responseEnded(this) }
     server.on('connection', this.#onConnection)
     server.on('secureConnection', this.#onSecureConnection)
@@ -132,6 +115,28 @@ export class ConnectionTracker {
     return this.#connections.size
   }
 
+  /** The open connections, for the closing policy (closing.ts). */
+  get connections (): ReadonlySet<Connection> {
+    return this.#connections
+  }
+
+  /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
+  get plainHttp1 (): boolean {
+    return this.#plainHttp1
+  }
+
+  /** The listener is closed: from now on a response that ends also ends its socket (see #responseEnded). */
+  startClosing (): void {
+    this.#closing = true
+  }
+
+  /** Counts `conn` as destroyed at the budget, as opposed to closed gracefully. */
+  markCut (conn: Connection): void {
+    if (conn.cut) return
+    this.#destroyed++
+    conn.cut = true
+  }
+
   /**
    * From now on, count the traffic that arrives per route (method and path),
    * so that a quiet period that never came can name what kept it busy.
@@ -154,7 +159,7 @@ export class ConnectionTracker {
   /**
    * Monotonic time a traffic request (not a probe, not a `quietPeriodIgnore`
    * path) last arrived or ended since the drain started: the quiet period
-   * counts from here (see Drain#keepServing).
+   * counts from here (delay.ts).
    */
   get lastActivityAt (): number {
     return this.#lastActivityAt
@@ -182,80 +187,12 @@ export class ConnectionTracker {
   }
 
   /**
-   * Closes the sockets that can be closed without cutting a request, and
-   * returns the delay after which it should be called again (fresh sockets,
-   * lingering ones), or undefined. Called once the listener is closed, and
-   * again when that delay is up: by then the load balancer has stopped sending,
-   * so an idle socket is idle for good.
-   */
-  closeIdle (): number | undefined {
-    this.#closing = true
-    const at = now()
-    let recheck = Infinity
-    for (const conn of this.#connections) {
-      if (conn.upgraded || conn.inFlight > 0) continue
-      // Unread bytes: a request is arriving (or a slowloris is trickling one); never cut it here.
-      if (conn.reader.bytesRead > conn.bytesAtRest) continue
-      if (conn.socket.writableEnded) {
-        conn.endedAt ??= at
-        const lingerFor = conn.endedAt + LINGER_MS - at
-        if (lingerFor > 0) recheck = Math.min(recheck, lingerFor)
-        else conn.socket.destroy()
-        continue
-      }
-      const freshFor = conn.acceptedAt + FRESH_SOCKET_GRACE_MS - at
-      if (conn.served === 0 && freshFor > 0) {
-        recheck = Math.min(recheck, freshFor)
-        continue
-      }
-      // Plain HTTP/1 with nothing left to write: close() sends the same FIN that end()
-      // would, with no peer FIN to wait for. At 10,000 idle sockets, ending them and
-      // lingering for the peers' FINs cost 2.2× the CPU and the client's pace.
-      // TLS (close_notify) and HTTP/2 (GOAWAY) sockets are ended and linger.
-      if (this.#plainHttp1 && conn.reader === conn.socket && conn.socket.writableLength === 0) {
-        conn.socket.destroy()
-        // destroy() has closed the fd (the FIN is out): forget it now rather than at its
-        // 'close' event, so the drain goes on without waiting for 10,000 of them to be emitted.
-        this.#forget(conn.socket)
-        continue
-      }
-      this.#endGracefully(conn)
-      recheck = Math.min(recheck, LINGER_MS)
-    }
-    return recheck === Infinity ? undefined : recheck
-  }
-
-  /**
    * Resolves when the drain ended a socket because its last response ended (its
    * linger starts). Socket closes do not count: they leave closeIdle() nothing to
    * do, and waking a scan of every socket at each close is quadratic.
    */
   nextChange (): Promise<void> {
     return new Promise(resolve => { this.#changeWaiters.push(resolve) })
-  }
-
-  /** Destroys everything still open; returns what was cut, for the report. */
-  destroyAll (): string[] {
-    const cut: string[] = []
-    for (const conn of this.#connections) {
-      if (conn.streams !== undefined && conn.streams.size > 0) for (const res of conn.streams) cut.push(describe(res.req))
-      else if (conn.response !== undefined) cut.push(describe(conn.response.req))
-      else if (conn.upgraded) cut.push('(upgraded connection)')
-      // Unread bytes with nothing in flight: a request was arriving. (Not on an HTTP/2
-      // session: it always has unread control frames.)
-      else if (conn.inFlight === 0 && conn.reader.bytesRead > conn.bytesAtRest) cut.push('(incomplete request)')
-      // Pipelined HTTP/1.1 requests beside the one named above: only the latest is kept, per socket.
-      const named = conn.streams?.size ?? (conn.response === undefined ? 0 : 1)
-      for (let i = named; i < conn.inFlight; i++) cut.push('(pipelined request)')
-      // A socket we already ended with nothing on it is lingering, not cut.
-      const lingering = conn.endedAt !== undefined && conn.inFlight === 0 && !conn.upgraded
-      if (!lingering) {
-        this.#destroyed++
-        conn.cut = true
-      }
-      conn.socket.destroy()
-    }
-    return cut
   }
 
   /** The response being written on each socket (on HTTP/2, the latest stream), for the report's event-stream counts. */
@@ -272,15 +209,6 @@ export class ConnectionTracker {
   whenEmpty (): Promise<void> {
     if (this.#connections.size === 0) return Promise.resolve()
     return new Promise(resolve => { this.#emptyWaiters.push(resolve) })
-  }
-
-  /** Returns whether it had to end the socket (a response with `Connection: close` has Node end it). */
-  #endGracefully (conn: Connection): boolean {
-    conn.endedAt ??= now()
-    if (conn.socket.writableEnded) return false
-    // end(), not destroy(): a FIN never resets a socket that has unread bytes.
-    conn.socket.end()
-    return true
   }
 
   #changed (): void {
@@ -313,8 +241,8 @@ export class ConnectionTracker {
     conn.reader = tlsSocket
   }
 
-  #forget (socket: TrackedSocket): void {
-    const conn = socket[kConnection]
+  /** Stops tracking `conn`: at its socket's 'close', or as soon as the closing policy destroyed it. */
+  forget (conn: Connection | undefined): void {
     if (conn === undefined || !this.#connections.delete(conn)) return
     if (this.#draining && !conn.cut) this.#closedGracefully++
     if (this.#connections.size === 0) {
@@ -335,7 +263,7 @@ export class ConnectionTracker {
     if (this.#draining && !background) this.#lastActivityAt = now()
     // A response whose headers went out before the drain promised keep-alive;
     // once the listener is closed nobody should reuse the socket, so end it now.
-    if (this.#closing && conn.inFlight === 0 && !conn.upgraded && this.#endGracefully(conn)) this.#changed()
+    if (this.#closing && conn.inFlight === 0 && !conn.upgraded && endGracefully(conn)) this.#changed()
   }
 
   readonly #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
@@ -361,18 +289,7 @@ export class ConnectionTracker {
     if (this.#draining) {
       this.#servedDuringDrain++
       this.#lastRequestAt = this.#lastActivityAt = now()
-      if (this.#arrivals !== undefined) this.#recordArrival(req, this.#arrivals)
-    }
-  }
-
-  #recordArrival (req: IncomingMessage, arrivals: Map<string, Arrivals>): void {
-    const route = describe(req)
-    const entry = arrivals.get(route)
-    if (entry !== undefined) {
-      entry.count++
-      entry.lastAt = this.#lastRequestAt
-    } else if (arrivals.size < MAX_ROUTES) {
-      arrivals.set(route, { route, count: 1, firstAt: this.#lastRequestAt, lastAt: this.#lastRequestAt })
+      if (this.#arrivals !== undefined) recordArrival(this.#arrivals, req, this.#lastRequestAt)
     }
   }
 
@@ -380,10 +297,4 @@ export class ConnectionTracker {
     const conn = (req.socket as TrackedSocket)[kConnection]
     if (conn !== undefined) conn.upgraded = true
   }
-}
-
-function describe (req: IncomingMessage): string {
-  const url = req.url ?? ''
-  const query = url.indexOf('?')
-  return `${req.method ?? 'GET'} ${query === -1 ? url : url.slice(0, query)}`
 }

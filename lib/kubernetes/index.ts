@@ -1,21 +1,21 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { ResolvedOptions } from '../options.js'
 import type { Drain } from '../drain.js'
-import type { ConnectionTracker } from '../connections/tracker.js'
 import type { DrainState } from '../state.js'
+import type { DrainParticipant } from '../participants.js'
 import { probePaths, registerProbes, type ReadinessSource } from './probes.js'
 import { ReadinessChecks } from './readiness-checks.js'
 import { StartupTasks } from './startup-tasks.js'
 import { createHealthPort, type HealthPort } from './health-port.js'
 import { registerPreStop } from './prestop.js'
-import { publishDiagnostics } from '../observability/diagnostics.js'
-import { registerMetrics } from '../observability/metrics.js'
 
 export interface KubernetesWiring {
   /** `fastify.drain.startupTask()`: readiness says 'starting' until `task` resolves. */
   startupTask (name: string, task: PromiseLike<unknown>): void
   /** The health listener's bound port, once it listens. */
   readonly healthPort: number | undefined
+  /** preStop and the health port, each a drain participant (their order is in participants.ts). */
+  readonly participants: DrainParticipant[]
 }
 
 /**
@@ -30,17 +30,11 @@ export function mainPortProbePaths (options: ResolvedOptions): Set<string> {
 }
 
 /**
- * Wires what Kubernetes talks to: the probes (on the main port or the health
- * port), readiness checks and startup tasks, the preStop endpoint, and the
- * observability outputs (diagnostics_channel, Prometheus metrics).
+ * Wires what Kubernetes talks to (docs/design.md, "Probes and Kubernetes"): the
+ * probes (on the main port or the health port), readiness checks and startup
+ * tasks, and the preStop endpoint.
  */
-export async function setupKubernetes (
-  app: FastifyInstance,
-  options: ResolvedOptions,
-  log: FastifyBaseLogger,
-  drain: Drain,
-  tracker: ConnectionTracker
-): Promise<KubernetesWiring> {
+export function setupKubernetes (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, drain: Drain): KubernetesWiring {
   const startup = new StartupTasks(log)
   const checks = options.readiness === false ? undefined : new ReadinessChecks(options.readiness, log)
   const source: ReadinessSource = {
@@ -48,32 +42,25 @@ export async function setupKubernetes (
     get state (): DrainState { return drain.state === 'ready' && startup.blocking ? 'starting' : drain.state },
     failingCheck: async () => await checks?.failingCheck()
   }
+  const participants: DrainParticipant[] = []
   const routes = (target: FastifyInstance): void => {
     registerProbes(target, options, source)
     if (options.preStop === false) return
-    registerPreStop(target, { ...options.preStop, drainDelay: options.drainDelay, logLevel: options.probeLogLevel }, drain, log)
+    participants.push(registerPreStop(target, { ...options.preStop, drainDelay: options.drainDelay, logLevel: options.probeLogLevel }, drain, log))
   }
 
   let health: HealthPort | undefined
   if (options.healthPort === undefined) routes(app)
   else {
     health = createHealthPort(app, options.healthPort, options.healthHost, options.probeLogLevel, log, routes)
-    // Open until the exit: the kubelet keeps probing through the whole drain.
-    drain.events.once('closed', () => { health?.close().catch(() => {}) })
+    // Open until the drain's end (the kubelet keeps probing through it), and closed by a plain app.close() too.
+    const port = health
+    participants.push({ name: 'health-port', dispose: async () => { await port.close() } })
   }
-
-  publishDiagnostics(drain, tracker, options)
-  const metrics = options.metrics === false ? undefined : await registerMetrics(options.metrics, drain, tracker)
-
-  app.addHook('onClose', async () => {
-    // During a drain fastify.close() runs before the report: the health port must outlive it.
-    if (drain.running) return
-    metrics?.dispose()
-    await health?.close()
-  })
 
   return {
     startupTask: (name, task) => startup.add(name, task),
-    get healthPort () { return health?.port }
+    get healthPort () { return health?.port },
+    participants
   }
 }

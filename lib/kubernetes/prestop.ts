@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fastify'
 import type { Drain } from '../drain.js'
+import type { DrainParticipant } from '../participants.js'
 import { sleep, type Deadline } from '../deadline.js'
 
 export interface PreStopOptions {
@@ -11,7 +12,7 @@ export interface PreStopOptions {
 }
 
 /**
- * The preStop endpoint (DESIGN §5) for `lifecycle.preStop.httpGet`: starts the
+ * The preStop endpoint (docs/design.md, "Probes and Kubernetes") for `lifecycle.preStop.httpGet`: starts the
  * drain at once, so readiness fails from the first instant, and answers only
  * after `drainDelay`, because the kubelet sends SIGTERM when the hook returns;
  * that SIGTERM then finds the drain running and the delay already spent. The
@@ -22,13 +23,11 @@ export interface PreStopOptions {
  * only on the health port or with a token; without the right token it answers
  * 403 and starts nothing.
  */
-export function registerPreStop (app: FastifyInstance, options: PreStopOptions, drain: Drain, log: FastifyBaseLogger): void {
+export function registerPreStop (app: FastifyInstance, options: PreStopOptions, drain: Drain, log: FastifyBaseLogger): DrainParticipant {
   const expected = options.token === undefined ? undefined : digest(options.token)
   // A drain forced to end early (deadline, second signal) must not leave the hook waiting.
   const ended = new AbortController()
   const end = (): void => ended.abort()
-  drain.events.once('budgetSpent', end)
-  drain.events.once('closed', end)
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {
     reply.header('cache-control', 'no-store')
     if (expected !== undefined && !timingSafeEqual(digest(presentedToken(request)), expected)) {
@@ -45,6 +44,7 @@ export function registerPreStop (app: FastifyInstance, options: PreStopOptions, 
   // GET is what `httpGet` sends; POST for people who call it by hand (curl -X POST), as it changes state.
   // No automatic HEAD route: a monitoring HEAD request must not take the pod out of service.
   app.route({ method: ['GET', 'POST'], url: options.path, logLevel: options.logLevel as LogLevel, exposeHeadRoute: false, handler })
+  return { name: 'prestop', budgetSpent: end, closed: end }
 }
 
 /** `Authorization: Bearer <token>` or `?token=<token>`; '' when neither. */

@@ -2,6 +2,7 @@ import diagnostics from 'node:diagnostics_channel'
 import type { Drain } from '../drain.js'
 import type { ConnectionTracker } from '../connections/tracker.js'
 import type { DrainReport } from '../report.js'
+import type { DrainParticipant } from '../participants.js'
 
 /**
  * The drain's life on `node:diagnostics_channel`, for APM agents and custom
@@ -24,37 +25,40 @@ export interface DiagnosticsContext {
   readonly drainDelay: number
 }
 
-/** Publishes the drain's phase events on the channels above. */
-export function publishDiagnostics (drain: Drain, tracker: ConnectionTracker, context: DiagnosticsContext): void {
+/** Publishes the drain's phases on the channels above. */
+export function diagnosticsParticipant (drain: Drain, tracker: ConnectionTracker, context: DiagnosticsContext): DrainParticipant {
   const elapsedMs = (): number => Math.round(drain.deadline?.elapsed() ?? 0)
   const phase = (name: string): void => {
     if (channels.phase.hasSubscribers) channels.phase.publish({ phase: name, elapsedMs: elapsedMs() })
   }
-  drain.events.on('draining', deadline => {
-    if (channels.start.hasSubscribers) {
-      channels.start.publish({
-        ...drain.startedBy,
-        startedAt: new Date(deadline.startedAtWall).toISOString(),
-        deadlineMs: Math.round(deadline.end - deadline.startedAt),
-        drainDelay: context.drainDelay,
-        gracePeriod: context.gracePeriod,
-        inFlight: tracker.inFlight,
-        openConnections: tracker.size
-      })
+  return {
+    name: 'diagnostics',
+    draining (deadline) {
+      if (channels.start.hasSubscribers) {
+        channels.start.publish({
+          ...drain.startedBy,
+          startedAt: new Date(deadline.startedAtWall).toISOString(),
+          deadlineMs: Math.round(deadline.end - deadline.startedAt),
+          drainDelay: context.drainDelay,
+          gracePeriod: context.gracePeriod,
+          inFlight: tracker.inFlight,
+          openConnections: tracker.size
+        })
+      }
+      phase('draining')
+    },
+    closing: () => phase('closing'),
+    resourcesClosing: () => phase('resourcesClosing'),
+    budgetSpent () {
+      if (channels.forced.hasSubscribers) {
+        channels.forced.publish({ elapsedMs: elapsedMs(), inFlight: tracker.inFlight, openConnections: tracker.size })
+      }
+    },
+    closed (report: DrainReport) {
+      phase('closed')
+      if (channels.exit.hasSubscribers) {
+        channels.exit.publish({ exitCode: report.exitCode, forced: report.forced, durationMs: report.durationMs, report })
+      }
     }
-    phase('draining')
-  })
-  drain.events.on('closing', () => phase('closing'))
-  drain.events.on('resourcesClosing', () => phase('resourcesClosing'))
-  drain.events.on('budgetSpent', () => {
-    if (channels.forced.hasSubscribers) {
-      channels.forced.publish({ elapsedMs: elapsedMs(), inFlight: tracker.inFlight, openConnections: tracker.size })
-    }
-  })
-  drain.events.on('closed', (report: DrainReport) => {
-    phase('closed')
-    if (channels.exit.hasSubscribers) {
-      channels.exit.publish({ exitCode: report.exitCode, forced: report.forced, durationMs: report.durationMs, report })
-    }
-  })
+  }
 }

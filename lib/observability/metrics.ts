@@ -1,25 +1,23 @@
 import type { Drain } from '../drain.js'
 import type { ConnectionTracker } from '../connections/tracker.js'
 import type { MetricsRegistry } from '../options.js'
+import type { DrainParticipant } from '../participants.js'
 import { InvalidOptionError, MetricsUnavailableError, errorMessage } from '../errors.js'
 
 const STATES = ['starting', 'ready', 'draining', 'closing', 'closed'] as const
-
-export interface Metrics {
-  /** Unregisters the metrics, when the app closes without a drain (tests, embedding). */
-  dispose (): void
-}
 
 /**
  * Prometheus metrics through the app's own prom-client, loaded only when
  * `metrics` is set, so prom-client is never a dependency. Every value is read
  * at scrape time (prom-client's `collect`), so nothing runs per request.
+ * After a drain they stay registered, so a last scrape reads the final figures
+ * (the process exits next); a plain app.close() unregisters them (tests, embedding).
  */
 export async function registerMetrics (
   options: { readonly registry: MetricsRegistry | undefined, readonly prefix: string },
   drain: Drain,
   tracker: ConnectionTracker
-): Promise<Metrics> {
+): Promise<DrainParticipant> {
   let prom: typeof import('prom-client')
   try {
     prom = await import('prom-client')
@@ -79,6 +77,10 @@ export async function registerMetrics (
   ]
   for (const metric of metrics) registry.registerMetric(metric)
   return {
-    dispose () { for (const name of names) registry.removeSingleMetric(name) }
+    name: 'metrics',
+    dispose () {
+      if (drain.report !== undefined) return
+      for (const name of names) registry.removeSingleMetric(name)
+    }
   }
 }

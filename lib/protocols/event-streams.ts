@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import type { ConnectionTracker } from '../connections/tracker.js'
-import type { Drain } from '../drain.js'
-import type { LongLivedCounts } from '../report.js'
+import type { DrainParticipant } from '../participants.js'
+import { longLivedCounts, type LongLivedCounts } from '../report.js'
 import { headerBlock } from '../connections/socket-internals.js'
 
 /**
@@ -15,7 +15,7 @@ import { headerBlock } from '../connections/socket-internals.js'
 export class EventStreams {
   readonly #tracker: ConnectionTracker
   readonly #open = new Set<ServerResponse>()
-  /** Every stream counted once, even if the budget is spent twice (deadline, then a second signal). */
+  /** Every stream counted once, though it is looked for at drain start, at the listener's close and at the budget. */
   readonly #counted = new WeakSet<ServerResponse>()
   #seen = 0
   #destroyed = 0
@@ -45,7 +45,7 @@ export class EventStreams {
 
   counts (): LongLivedCounts | undefined {
     if (this.#seen === 0) return undefined
-    return { total: this.#seen, closedGracefully: this.#seen - this.#destroyed, destroyed: this.#destroyed }
+    return longLivedCounts(this.#seen, this.#destroyed)
   }
 }
 
@@ -56,14 +56,15 @@ export function isEventStream (res: ServerResponse): boolean {
   return /^content-type:\s*text\/event-stream/im.test(headerBlock(res) ?? '')
 }
 
-/** Wires the event-stream counts into the drain. */
-export function trackEventStreams (tracker: ConnectionTracker, drain: Drain): EventStreams {
+/** The event-stream counts' part in the drain. */
+export function eventStreamParticipant (tracker: ConnectionTracker): DrainParticipant {
   const streams = new EventStreams(tracker)
-  // Not the 'draining' event: handlers end their streams in their own abort
-  // listeners, before it; this one was added at registration, so it runs first.
-  drain.signal.addEventListener('abort', () => streams.collect(), { once: true })
-  drain.events.on('closing', () => streams.collect())
-  drain.events.on('budgetSpent', () => streams.budgetSpent())
-  drain.addReportSection('eventStreams', () => streams.counts())
-  return streams
+  return {
+    name: 'event-streams',
+    // Delivered before fastify.drain.signal aborts, so before handlers end their streams on it.
+    draining: () => streams.collect(),
+    closing: () => streams.collect(),
+    budgetSpent: () => streams.budgetSpent(),
+    report: () => ({ eventStreams: streams.counts() })
+  }
 }

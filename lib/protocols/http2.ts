@@ -1,7 +1,7 @@
 import type { Http2Session } from 'node:http2'
 import type { Server } from 'node:net'
-import type { Drain } from '../drain.js'
-import type { LongLivedCounts } from '../report.js'
+import type { DrainParticipant } from '../participants.js'
+import { longLivedCounts, type LongLivedCounts } from '../report.js'
 
 /**
  * HTTP/2 sessions of one server (`http2: true`, h2c or TLS with ALPN): every
@@ -48,7 +48,7 @@ export class Http2Sessions {
   }
 
   counts (): LongLivedCounts {
-    return { total: this.#seen, closedGracefully: this.#seen - this.#destroyed, destroyed: this.#destroyed }
+    return longLivedCounts(this.#seen, this.#destroyed)
   }
 
   readonly #onSession = (session: Http2Session): void => {
@@ -75,13 +75,15 @@ function goAway (session: Http2Session): void {
   if (!session.closed && !session.destroyed) session.close()
 }
 
-/** Wires HTTP/2 into the drain when the server speaks it (Fastify `http2: true`). */
-export function trackHttp2 (server: Server, drain: Drain): Http2Sessions {
+/** HTTP/2's part in the drain, when the server speaks it (Fastify `http2: true`). */
+export function http2Participant (server: Server): DrainParticipant {
   const sessions = new Http2Sessions(server)
-  drain.events.on('draining', () => sessions.startDraining())
-  drain.events.on('closing', () => sessions.closeAll())
-  drain.events.on('budgetSpent', () => sessions.destroyAll())
-  drain.events.on('closed', () => sessions.detach())
-  drain.addReportSection('http2Sessions', () => sessions.counts())
-  return sessions
+  return {
+    name: 'http2',
+    draining: () => sessions.startDraining(),
+    closing: () => sessions.closeAll(),
+    budgetSpent: () => sessions.destroyAll(),
+    report: () => ({ http2Sessions: sessions.counts() }),
+    dispose: () => sessions.detach()
+  }
 }

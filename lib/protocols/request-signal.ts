@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify'
-import type { Drain } from '../drain.js'
 import type { Deadline } from '../deadline.js'
+import type { DrainParticipant } from '../participants.js'
 import type { ResolvedOptions } from '../options.js'
 import { inFlightEnd } from '../budget.js'
 
@@ -24,7 +24,7 @@ export function requestSignalAt (options: ResolvedOptions): number {
  * since they all share the drain's budget. A getter on the Request prototype,
  * so a request that never reads it costs nothing; one timer per drain, not per request.
  */
-export function registerRequestSignal (fastify: FastifyInstance, drain: Drain, options: ResolvedOptions): void {
+export function requestSignalParticipant (fastify: FastifyInstance, options: ResolvedOptions): DrainParticipant {
   const controller = new AbortController()
   let timer: NodeJS.Timeout | undefined
   const abort = (why: string): void => {
@@ -33,12 +33,15 @@ export function registerRequestSignal (fastify: FastifyInstance, drain: Drain, o
     if (!controller.signal.aborted) controller.abort(new DOMException(why, 'AbortError'))
   }
   fastify.decorateRequest('drainSignal', { getter () { return controller.signal } })
-  drain.events.on('draining', (deadline: Deadline) => {
-    // unref'd: the drain's deadline timer is what keeps the process alive.
-    timer = setTimeout(abort, deadline.until(requestSignalAt(options)), 'the drain budget for in-flight requests is about to run out')
-    timer.unref()
-  })
-  // A forced end (deadline, second signal) cuts the sockets right after this: tell the handlers first.
-  drain.events.on('budgetSpent', () => abort('the drain budget for in-flight requests is spent'))
-  drain.events.on('closed', () => abort('the drain has ended'))
+  return {
+    name: 'request-signal',
+    draining (deadline: Deadline) {
+      // unref'd: the drain's deadline timer is what keeps the process alive.
+      timer = setTimeout(abort, deadline.until(requestSignalAt(options)), 'the drain budget for in-flight requests is about to run out')
+      timer.unref()
+    },
+    // The sockets are cut right after this phase: the handlers are told first.
+    budgetSpent: () => abort('the drain budget for in-flight requests is spent'),
+    closed: () => abort('the drain has ended')
+  }
 }

@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import type { FastifyInstance } from 'fastify'
-import type { Drain } from '../drain.js'
-import type { LongLivedCounts } from '../report.js'
+import type { DrainParticipant } from '../participants.js'
+import { longLivedCounts, type LongLivedCounts } from '../report.js'
 
 /** 1001 "going away" (RFC 6455 §7.4.1): the server is going down; clients reconnect, through the load balancer, elsewhere. */
 export const GOING_AWAY = 1001
@@ -61,7 +61,7 @@ export class WebSockets {
 
   counts (): LongLivedCounts | undefined {
     if (this.#seen === 0) return undefined
-    return { total: this.#seen, closedGracefully: this.#seen - this.#destroyed, destroyed: this.#destroyed }
+    return longLivedCounts(this.#seen, this.#destroyed)
   }
 
   readonly #goAway = (socket: WebSocketLike): void => {
@@ -73,12 +73,14 @@ export class WebSockets {
   }
 }
 
-/** Wires WebSockets into the drain; a no-op for apps without @fastify/websocket. */
-export function trackWebSockets (app: FastifyInstance, drain: Drain): WebSockets {
+/** WebSockets' part in the drain; a no-op for apps without @fastify/websocket. */
+export function webSocketParticipant (app: FastifyInstance): DrainParticipant {
   const sockets = new WebSockets(app)
-  drain.events.on('closing', () => sockets.goAway())
-  drain.events.on('budgetSpent', () => sockets.destroyAll())
-  drain.events.on('closed', () => sockets.detach())
-  drain.addReportSection('webSockets', () => sockets.counts())
-  return sockets
+  return {
+    name: 'websocket',
+    closing: () => sockets.goAway(),
+    budgetSpent: () => sockets.destroyAll(),
+    report: () => ({ webSockets: sockets.counts() }),
+    dispose: () => sockets.detach()
+  }
 }
