@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks'
 import { setTimeout as delay } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { Client } from 'undici'
-import { startLoad, type LoadResult } from '../test/helpers/load.js'
+import { startLoad, type LoadResult } from './support/load.js'
 
 const RATE = 100 // requests per second, open loop, over keep-alive connections
 const CONNECTIONS = 16

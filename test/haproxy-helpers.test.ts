@@ -9,8 +9,8 @@ import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { requireHaproxy, startHaproxy } from './helpers/haproxy.js'
 import type { LbMode } from './helpers/haproxy.js'
-import { startLoad } from './helpers/load.js'
-import type { LoadResult } from './helpers/load.js'
+import { startLoad } from '../scripts/support/load.js'
+import type { LoadResult } from '../scripts/support/load.js'
 
 interface Backend { server: Server, port: number, hits: () => number }
 

@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap'
 import { killChild, startChild, type RunningChild } from './helpers/child.js'
 import { createPool, get } from './helpers/http.js'
-import { startLoad } from './helpers/load.js'
+import { startLoad } from '../scripts/support/load.js'
 
 const drainStarted = (line: { msg: string }): boolean => line.msg.startsWith('drain started')
 const raiseDrainDelay = (line: { msg: string, level: number }): boolean => line.level === 40 && /raise drainDelay/.test(line.msg)

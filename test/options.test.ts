@@ -56,7 +56,7 @@ t.test('every default comes from the `defaults` export', async t => {
   t.equal(resolved.maxDrainDelay, defaults.drainDelay + (inFlightWindow - defaults.drainDelay) / 2)
   t.same(resolveOptions({ preStop: true, healthPort: 9000 }).preStop, { path: defaults.preStopPath, token: undefined })
 
-  // The documented values (DESIGN §3/§6); a change to a default must be deliberate.
+  // The documented values (docs/design.md, "The budget"); a change to a default must be deliberate.
   t.match(defaults, {
     gracePeriod: 30_000,
     drainDelay: 5_000,
