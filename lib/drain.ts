@@ -1,3 +1,6 @@
+// Longer than 150 lines: the sequence, plus the state its phases share (the deadline,
+// the phase times, what was cut, the closers' outcomes) and the read-only view
+// fastify.drain exposes of it. Every policy lives elsewhere: see the class comment.
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { ResolvedOptions } from './options.js'
 import type { DrainDelay, DrainReport, DrainPhases } from './report.js'

@@ -1,3 +1,4 @@
+// Longer than 150 lines: the public options type carries TSDoc and @default on every field.
 import { constants } from 'node:os'
 import type { DrainReport } from './report.js'
 import { InvalidOptionError } from './errors.js'

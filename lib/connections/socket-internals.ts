@@ -12,7 +12,7 @@ import type { Server as HttpServer, ServerResponse } from 'node:http'
  * destroys keep-alive sockets a client may be sending on right now, and
  * sockets accepted a moment ago whose first request is still on the wire.
  * The plain net.Server close only closes the listening handle; idle sockets
- * are then closed later, on our schedule (see connections.ts).
+ * are then closed later, on our schedule (see closing.ts).
  */
 export function closeListener (server: HttpServer | NetServer): void {
   if (!server.listening) return

@@ -14,7 +14,7 @@ type Listen = (...args: unknown[]) => unknown
 
 /**
  * Serves the probes (and the preStop endpoint) on a listener of their own, a
- * second, bare Fastify instance, so the routes in health.ts and prestop.ts
+ * second, bare Fastify instance, so the routes in probes.ts and prestop.ts
  * serve both ports unchanged. It stays open through the whole drain, after
  * the main listener has closed, so the kubelet reads `draining` instead of
  * "connection refused" (which a liveness probe would count as a failure).

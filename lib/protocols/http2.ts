@@ -38,7 +38,7 @@ export class Http2Sessions {
     for (const session of this.#sessions) goAway(session)
   }
 
-  /** The budget is spent: destroy what is still open (its sockets are destroyed right after by the tracker). */
+  /** The budget is spent: destroy what is still open (drain.ts destroys their sockets after the last participant). */
   destroyAll (): void {
     for (const session of this.#sessions) {
       this.#destroyed++
