@@ -26,7 +26,7 @@ export const ORDER = [
   // dispose only: the process's signal listeners and the server's listeners go.
   'signals',
   'connections',
-  // dispose, last: the kubelet reads `closed` on the health port until the very end.
+  // dispose, last: the health port outlives the rest of the teardown, so the kubelet gets an answer to the very end.
   'health-port'
 ] as const
 
