@@ -231,9 +231,11 @@ function installExitHook (): void {
   if (exitHookInstalled) return
   exitHookInstalled = true
   // Last resort if a test forgets stop() or throws: never leave nginx behind.
+  // SIGTERM, not SIGKILL: the master then stops its workers, which a killed
+  // master would leave running.
   process.on('exit', () => {
     for (const child of liveChildren) {
-      try { child.kill('SIGKILL') } catch {}
+      try { child.kill('SIGTERM') } catch {}
     }
   })
 }
@@ -250,8 +252,9 @@ export async function startNginx (opts: NginxOptions = {}): Promise<Nginx> {
   const configPath = join(dir, 'nginx.conf')
   const errorLogPath = join(dir, 'error.log')
   installExitHook()
-  // setpriv --pdeathsig: the kernel kills the master if this node process dies
-  // without running its exit hooks; setpriv execs nginx, so the PID is the master's.
+  // setpriv --pdeathsig: the kernel signals the master if this node process dies
+  // without running its exit hooks (TERM, so that it stops its workers too);
+  // setpriv execs nginx, so the PID is the master's.
   const useSetpriv = process.platform === 'linux' && existsSync('/usr/bin/setpriv')
 
   let lastError = ''
@@ -264,7 +267,7 @@ export async function startNginx (opts: NginxOptions = {}): Promise<Nginx> {
       // -e: the error log from the first line on, not /var/log/nginx/error.log
       const args = ['-p', dir, '-c', configPath, '-e', errorLogPath]
       const child = useSetpriv
-        ? spawn('/usr/bin/setpriv', ['--pdeathsig', 'KILL', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+        ? spawn('/usr/bin/setpriv', ['--pdeathsig', 'TERM', bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
         : spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] })
       liveChildren.add(child)
       let output = ''
