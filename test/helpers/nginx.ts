@@ -222,6 +222,13 @@ async function readFrom (path: string, offset: number): Promise<{ text: string, 
   }
 }
 
+/** SIGKILL an nginx worker by PID, if that PID is still one (it may have been reused since). */
+async function killWorker (pid: number): Promise<void> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+  if (!cmdline.startsWith('nginx: worker process')) return
+  try { process.kill(pid, 'SIGKILL') } catch {}
+}
+
 const STARTED_WORKER = /\[notice\] \d+#\d+: start worker process (\d+)/g
 const EMERG = /\[(emerg|alert)\].*/
 const liveChildren = new Set<ChildProcess>()
@@ -313,6 +320,7 @@ export async function startNginx (opts: NginxOptions = {}): Promise<Nginx> {
       let stopping: Promise<void> | undefined
       let reloading: Promise<unknown> = Promise.resolve()
       let current = workers
+      const everyWorker = new Set(workers)
 
       const reload = async (ports: number[]): Promise<Reload> => {
         if (exited) throw new Error(`nginx (pid ${pid}) has exited:\n${output}`)
@@ -348,6 +356,7 @@ export async function startNginx (opts: NginxOptions = {}): Promise<Nginx> {
         }
         logOffset = offset
         current = started
+        for (const w of started) everyWorker.add(w)
         config = nextConfig
         servers = [...ports]
         const done = { at, appliedAt: performance.now(), servers: [...ports] }
@@ -380,9 +389,12 @@ export async function startNginx (opts: NginxOptions = {}): Promise<Nginx> {
             if (!exited) {
               // SIGTERM = fast shutdown: the workers close everything and exit at once.
               child.kill('SIGTERM')
-              const t = setTimeout(() => { if (!exited) child.kill('SIGKILL') }, 3000)
+              let killed = false
+              const t = setTimeout(() => { if (!exited) { killed = true; child.kill('SIGKILL') } }, 3000)
               await exitPromise
               clearTimeout(t)
+              // A killed master cannot stop its workers: end those still there, by PID.
+              if (killed) for (const w of everyWorker) await killWorker(w)
             }
             await rm(dir, { recursive: true, force: true })
           })()
