@@ -109,5 +109,20 @@ export const MetricsUnavailableError = createError(
     'install it (npm i prom-client) or leave `metrics` unset'
 )
 
+export const InvalidTrackError = createError(
+  'FST_GRACEFUL_DRAIN_INVALID_TRACK',
+  (argument: string, expected: string, value: unknown) =>
+    `track(): \`${argument}\` must be ${expected}; got ${show(value)}`,
+  TypeError
+)
+
+export const TrackAfterCloseError = createError(
+  'FST_GRACEFUL_DRAIN_TRACK_AFTER_CLOSE',
+  (name: string, state: string) =>
+    `track("${name}") was called after the drain reached its closers (${state}): the resources this work would use ` +
+    'are closing, so it cannot be waited for; start background work before the drain closes resources, ' +
+    'or check fastify.drain.signal and skip new work once it has aborted'
+)
+
 /** The message of whatever was thrown: an Error's message, anything else as a string. */
 export const errorMessage = (error: unknown): string => error instanceof Error ? error.message : String(error)

@@ -7,27 +7,43 @@ import { budgetDefaults, resolveBudget, type Budget } from './budget.js'
 /** A readiness check: resolves `true` when the dependency it watches is usable. */
 export type ReadinessCheck = () => boolean | Promise<boolean>
 
+/** A liveness check: resolves `true` while the process is healthy; `false` asks the kubelet to restart it. */
+export type LivenessCheck = () => boolean | Promise<boolean>
+
 export interface ReadinessOptions {
   /** @default '/readyz' */
-  path?: string
+  path?: string | undefined
   /** Named checks; `/readyz` answers 503 naming the first that fails, throws, hangs or returns a non-boolean. */
-  checks?: Record<string, ReadinessCheck>
+  checks?: Record<string, ReadinessCheck> | undefined
   /** How long one check may take before it counts as failed, in ms. @default 1000 */
-  checkTimeout?: number
+  checkTimeout?: number | undefined
   /** How long a check result is reused, so probes don't hammer a dependency, in ms. @default 1000 */
-  checkCacheTtl?: number
+  checkCacheTtl?: number | undefined
 }
 
 export interface LivenessOptions {
   /** @default '/livez' */
-  path?: string
+  path?: string | undefined
+  /** Named checks; `/livez` answers 503 naming the first that fails, throws or hangs. A drain never makes them fail. */
+  checks?: Record<string, LivenessCheck> | undefined
+  /** How long one check may take before it counts as failed, in ms. @default 1000 */
+  checkTimeout?: number | undefined
+  /** How long a check result is reused, in ms. @default 1000 */
+  checkCacheTtl?: number | undefined
+  /** The built-in event-loop check: `/livez` fails while the event loop's delay (p99 over the last interval) exceeds this, in ms. Off by default: a busy process is not a broken one, and a wedged loop already fails the probe by not answering. @default undefined (off) */
+  maxEventLoopDelay?: number | undefined
 }
 
 export interface PreStopOptions {
   /** @default '/prestop' */
-  path?: string
+  path?: string | undefined
   /** Required unless `healthPort` is set: the endpoint then answers only `?token=` or `Authorization: Bearer` with it. At least 16 characters. */
-  token?: string
+  token?: string | undefined
+}
+
+export interface DrainOnCrashOptions {
+  /** How long in-flight requests and tracked work may run after the crash, in ms (then the closers, the report, exit 1). @default 5000, or less when gracePeriod is short */
+  timeout?: number | undefined
 }
 
 /** The part of a prom-client `Registry` the plugin uses; pass your own (prom-client's classes are structural). */
@@ -39,9 +55,9 @@ export interface MetricsRegistry {
 
 export interface MetricsOptions {
   /** Where to register the metrics. @default prom-client's global `register` */
-  registry?: MetricsRegistry
+  registry?: MetricsRegistry | undefined
   /** Prefix of every metric name. @default 'fastify_graceful_drain_' */
-  prefix?: string
+  prefix?: string | undefined
 }
 
 /** Called instead of `process.exit` when the drain ends. */
@@ -63,36 +79,48 @@ export interface GracefulDrainOptions {
   /** The closers' share of the budget: in-flight requests are cut only when this and `exitMargin` are all that is left; also the default bound of `fastify.close()` and of each closer, in ms. @default 5000, or gracePeriod / 10 when less */
   closeTimeout?: number | undefined
   /** Signals that start the drain; a second one forces the exit with 128 + its number. @default ['SIGTERM', 'SIGINT'] */
-  signals?: readonly NodeJS.Signals[]
+  signals?: readonly NodeJS.Signals[] | undefined
   /** The readiness probe, or `false` for none. @default { path: '/readyz' } */
-  readiness?: ReadinessOptions | false
+  readiness?: ReadinessOptions | false | undefined
   /** The liveness probe, or `false` for none. @default { path: '/livez' } */
-  liveness?: LivenessOptions | false
+  liveness?: LivenessOptions | false | undefined
   /** Serve the probes (and the preStop endpoint) on their own listener that stays open until exit. @default undefined */
-  healthPort?: number
+  healthPort?: number | undefined
   /** Host for the health listener. @default '0.0.0.0' */
-  healthHost?: string
+  healthHost?: string | undefined
   /** The preStop endpoint for `lifecycle.preStop.httpGet`, or `true` for the defaults. @default false */
-  preStop?: PreStopOptions | boolean
+  preStop?: PreStopOptions | boolean | undefined
   /** Log level of probe requests. @default 'silent' */
-  probeLogLevel?: string
+  probeLogLevel?: string | undefined
   /** `true` calls `process.exit`, `false` never exits (tests, embedding), a function is called instead. @default true */
-  exit?: boolean | ExitFunction
+  exit?: boolean | ExitFunction | undefined
   /** Prometheus metrics through the app's prom-client (loaded only when set): `true` for its global registry. @default false */
-  metrics?: MetricsOptions | boolean
+  metrics?: MetricsOptions | boolean | undefined
+  /** Once the listener is closed, a socket holding part of a request that makes no progress for this long is destroyed and reported as stalled, so one packet cannot hold the drain to its budget; a slow upload that progresses is never cut before the budget. In ms. @default 2000 */
+  stallTimeout?: number | undefined
+  /** The idle timeout of the load balancer in front (60000 for an AWS ALB): warns at listen when Fastify's keepAliveTimeout is not above it, the cause of 502s behind a balancer. @default undefined (not checked) */
+  loadBalancerIdleTimeout?: number | undefined
+  /** `fastify start` (fastify-cli) installs close-with-grace, which closes the app at the first signal and exits 1 after 500 ms: remove its listener from `signals` once the app is ready, so the drain runs instead. @default false */
+  takeOverCloseWithGrace?: boolean | undefined
+  /** Opt-in: an uncaught exception or unhandled rejection fails readiness at once, skips the delay, lets in-flight requests and tracked work finish within `timeout`, runs the closers, logs the report with the error and exits 1. Off by default: installing these handlers changes how every crash of the process behaves. @default false */
+  drainOnCrash?: DrainOnCrashOptions | boolean | undefined
 }
 
 export interface ResolvedOptions extends Budget {
   readonly quietPeriodIgnore: readonly string[]
   readonly signals: readonly NodeJS.Signals[]
-  readonly readiness: Readonly<Required<ReadinessOptions>> | false
-  readonly liveness: Readonly<Required<LivenessOptions>> | false
+  readonly readiness: Readonly<{ path: string, checks: Readonly<Record<string, ReadinessCheck>>, checkTimeout: number, checkCacheTtl: number }> | false
+  readonly liveness: Readonly<{ path: string, checks: Readonly<Record<string, LivenessCheck>>, checkTimeout: number, checkCacheTtl: number, maxEventLoopDelay: number | undefined }> | false
   readonly healthPort: number | undefined
   readonly healthHost: string
   readonly preStop: Readonly<{ path: string, token: string | undefined }> | false
   readonly probeLogLevel: string
   readonly exit: boolean | ExitFunction
   readonly metrics: Readonly<{ registry: MetricsRegistry | undefined, prefix: string }> | false
+  readonly stallTimeout: number
+  readonly loadBalancerIdleTimeout: number | undefined
+  readonly takeOverCloseWithGrace: boolean
+  readonly drainOnCrash: Readonly<{ timeout: number }> | false
 }
 
 /** The defaults; the time options are the caps of the values derived from `gracePeriod` (see budget.ts). */
@@ -111,13 +139,16 @@ export const defaults = Object.freeze({
   checkCacheTtl: 1_000,
   healthHost: '0.0.0.0',
   probeLogLevel: 'silent',
+  stallTimeout: 2_000,
+  drainOnCrashTimeout: 5_000,
   metricsPrefix: 'fastify_graceful_drain_'
 })
 
 const MIN_TOKEN_LENGTH = 16
 const LOG_LEVELS = new Set(['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'])
 const KNOWN_OPTIONS = new Set(['gracePeriod', 'drainDelay', 'quietPeriod', 'quietPeriodIgnore', 'maxDrainDelay', 'exitMargin', 'closeTimeout',
-  'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit', 'metrics'])
+  'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit', 'metrics',
+  'stallTimeout', 'loadBalancerIdleTimeout', 'takeOverCloseWithGrace', 'drainOnCrash'])
 
 function milliseconds (name: string, value: unknown, fallback: number, { positive = false } = {}): number {
   if (value === undefined) return fallback
@@ -130,6 +161,27 @@ function milliseconds (name: string, value: unknown, fallback: number, { positiv
 
 function isObject (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+/** A misspelled nested key (`readiness: { pathh }`) is an error, like a misspelled top-level one. */
+function knownKeys (name: string, value: Record<string, unknown>, known: readonly string[]): void {
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) {
+      throw new InvalidOptionError(`${name}.${key}`, 'a known option', value[key], `${name} takes ${known.join(', ')}`)
+    }
+  }
+}
+
+/** A named-check map: every value a function. */
+function resolveChecks<T> (name: string, value: unknown): Readonly<Record<string, T>> {
+  const checks = value ?? {}
+  if (!isObject(checks)) throw new InvalidOptionError(`${name}.checks`, 'an object of named async functions', checks)
+  for (const [key, check] of Object.entries(checks)) {
+    if (typeof check !== 'function') {
+      throw new InvalidOptionError(`${name}.checks.${key}`, 'a function returning a boolean or a promise of one', check)
+    }
+  }
+  return Object.freeze({ ...checks }) as Record<string, T>
 }
 
 function routePath (name: string, value: unknown, fallback: string): string {
@@ -165,16 +217,10 @@ function resolveReadiness (value: unknown): ResolvedOptions['readiness'] {
   if (value !== undefined && !isObject(value)) {
     throw new InvalidOptionError('readiness', 'an object { path, checks } or false', value)
   }
-  const checks = value?.checks ?? {}
-  if (!isObject(checks)) throw new InvalidOptionError('readiness.checks', 'an object of named async functions', checks)
-  for (const [name, check] of Object.entries(checks)) {
-    if (typeof check !== 'function') {
-      throw new InvalidOptionError(`readiness.checks.${name}`, 'a function returning a boolean or a promise of one', check)
-    }
-  }
+  if (value !== undefined) knownKeys('readiness', value, ['path', 'checks', 'checkTimeout', 'checkCacheTtl'])
   return Object.freeze({
     path: routePath('readiness.path', value?.path, defaults.readinessPath),
-    checks: Object.freeze({ ...checks }) as Record<string, ReadinessCheck>,
+    checks: resolveChecks<ReadinessCheck>('readiness', value?.checks),
     checkTimeout: milliseconds('readiness.checkTimeout', value?.checkTimeout, defaults.checkTimeout, { positive: true }),
     checkCacheTtl: milliseconds('readiness.checkCacheTtl', value?.checkCacheTtl, defaults.checkCacheTtl)
   })
@@ -182,8 +228,16 @@ function resolveReadiness (value: unknown): ResolvedOptions['readiness'] {
 
 function resolveLiveness (value: unknown): ResolvedOptions['liveness'] {
   if (value === false) return false
-  if (value !== undefined && !isObject(value)) throw new InvalidOptionError('liveness', 'an object { path } or false', value)
-  return Object.freeze({ path: routePath('liveness.path', value?.path, defaults.livenessPath) })
+  if (value !== undefined && !isObject(value)) throw new InvalidOptionError('liveness', 'an object { path, checks } or false', value)
+  if (value !== undefined) knownKeys('liveness', value, ['path', 'checks', 'checkTimeout', 'checkCacheTtl', 'maxEventLoopDelay'])
+  const maxDelay = value?.maxEventLoopDelay
+  return Object.freeze({
+    path: routePath('liveness.path', value?.path, defaults.livenessPath),
+    checks: resolveChecks<LivenessCheck>('liveness', value?.checks),
+    checkTimeout: milliseconds('liveness.checkTimeout', value?.checkTimeout, defaults.checkTimeout, { positive: true }),
+    checkCacheTtl: milliseconds('liveness.checkCacheTtl', value?.checkCacheTtl, defaults.checkCacheTtl),
+    maxEventLoopDelay: maxDelay === undefined ? undefined : milliseconds('liveness.maxEventLoopDelay', maxDelay, 10_000, { positive: true })
+  })
 }
 
 function resolvePreStop (value: unknown, healthPort: number | undefined): ResolvedOptions['preStop'] {
@@ -192,6 +246,7 @@ function resolvePreStop (value: unknown, healthPort: number | undefined): Resolv
     throw new InvalidOptionError('preStop', 'true, false or an object { path, token }', value)
   }
   const input = value === true ? {} : value
+  knownKeys('preStop', input, ['path', 'token'])
   const token = input.token
   if (token !== undefined && (typeof token !== 'string' || token.length < MIN_TOKEN_LENGTH)) {
     throw new InvalidOptionError('preStop.token', `a string of at least ${MIN_TOKEN_LENGTH} characters`,
@@ -218,6 +273,7 @@ function resolveMetrics (value: unknown): ResolvedOptions['metrics'] {
     throw new InvalidOptionError('metrics', 'true, false or an object { registry, prefix }', value)
   }
   const input = value === true ? {} : value
+  knownKeys('metrics', input, ['registry', 'prefix'])
   const registry = input.registry
   if (registry !== undefined && (!isObject(registry) || typeof registry.registerMetric !== 'function' ||
     typeof registry.getSingleMetric !== 'function' || typeof registry.removeSingleMetric !== 'function')) {
@@ -229,6 +285,27 @@ function resolveMetrics (value: unknown): ResolvedOptions['metrics'] {
     throw new InvalidOptionError('metrics.prefix', 'a valid Prometheus metric name prefix', prefix, `e.g. '${defaults.metricsPrefix}'`)
   }
   return Object.freeze({ registry: registry as MetricsRegistry | undefined, prefix })
+}
+
+function resolveDrainOnCrash (value: unknown, budget: Budget): ResolvedOptions['drainOnCrash'] {
+  if (value === undefined || value === false) return false
+  if (value !== true && !isObject(value)) throw new InvalidOptionError('drainOnCrash', 'true, false or an object { timeout }', value)
+  const input = value === true ? {} : value
+  knownKeys('drainOnCrash', input, ['timeout'])
+  // Bounded by what a normal drain gives in-flight requests: the closers and the exit still fit before gracePeriod.
+  const most = budget.gracePeriod - budget.exitMargin - budget.closeTimeout
+  const timeout = milliseconds('drainOnCrash.timeout', input.timeout, Math.min(defaults.drainOnCrashTimeout, most), { positive: true })
+  if (timeout > most) {
+    throw new InvalidOptionError('drainOnCrash.timeout', `at most gracePeriod − exitMargin − closeTimeout (${most})`, timeout,
+      'or leave it unset for the default')
+  }
+  return Object.freeze({ timeout })
+}
+
+function resolveBoolean (name: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback
+  if (typeof value !== 'boolean') throw new InvalidOptionError(name, 'true or false', value, `e.g. ${name}: true`)
+  return value
 }
 
 function resolveHealthPort (value: unknown): number | undefined {
@@ -269,6 +346,12 @@ export function resolveOptions (input: GracefulDrainOptions = {}): ResolvedOptio
     preStop: resolvePreStop(input.preStop, healthPort),
     probeLogLevel,
     exit: resolveExit(input.exit),
-    metrics: resolveMetrics(input.metrics)
+    metrics: resolveMetrics(input.metrics),
+    stallTimeout: milliseconds('stallTimeout', input.stallTimeout, defaults.stallTimeout, { positive: true }),
+    loadBalancerIdleTimeout: input.loadBalancerIdleTimeout === undefined
+      ? undefined
+      : milliseconds('loadBalancerIdleTimeout', input.loadBalancerIdleTimeout, 60_000, { positive: true }),
+    takeOverCloseWithGrace: resolveBoolean('takeOverCloseWithGrace', input.takeOverCloseWithGrace, false),
+    drainOnCrash: resolveDrainOnCrash(input.drainOnCrash, budget)
   })
 }

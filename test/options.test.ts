@@ -45,7 +45,17 @@ t.test('every default comes from the `defaults` export', async t => {
     checkTimeout: defaults.checkTimeout,
     checkCacheTtl: defaults.checkCacheTtl
   })
-  t.same(resolved.liveness, { path: defaults.livenessPath })
+  t.same(resolved.liveness, {
+    path: defaults.livenessPath,
+    checks: {},
+    checkTimeout: defaults.checkTimeout,
+    checkCacheTtl: defaults.checkCacheTtl,
+    maxEventLoopDelay: undefined
+  }, 'liveness checks and the event-loop check are off unless asked for')
+  t.equal(resolved.stallTimeout, defaults.stallTimeout)
+  t.equal(resolved.loadBalancerIdleTimeout, undefined)
+  t.equal(resolved.takeOverCloseWithGrace, false)
+  t.equal(resolved.drainOnCrash, false, 'no crash handler unless asked for')
   t.equal(resolved.healthPort, undefined)
   t.equal(resolved.healthHost, defaults.healthHost)
   t.equal(resolved.preStop, false)
@@ -171,7 +181,20 @@ cases.push(
   ['readiness.path', { readiness: { path: 'readyz' } }, '"readyz"', "e.g. readiness.path: '/readyz'"],
   ['readiness.checks', { readiness: { checks: [() => true] } }, '[null]', 'an object of named async functions'],
   ['readiness.checks.db', { readiness: { checks: { db: true } } }, 'true', 'a function returning a boolean'],
-  ['liveness', { liveness: true }, 'true', 'an object { path } or false'],
+  ['liveness', { liveness: true }, 'true', 'an object { path, checks } or false'],
+  ['liveness.checks.db', { liveness: { checks: { db: 1 } } }, '1', 'a function returning a boolean'],
+  ['liveness.maxEventLoopDelay', { liveness: { maxEventLoopDelay: 0 } }, '0', 'e.g. liveness.maxEventLoopDelay: 10000'],
+  // A misspelled nested key is an error, as a misspelled top-level one is.
+  ['readiness.pathh', { readiness: { pathh: '/ready' } }, '"/ready"', 'readiness takes path, checks, checkTimeout, checkCacheTtl'],
+  ['liveness.check', { liveness: { check: {} } }, '{}', 'liveness takes path, checks'],
+  ['preStop.tokn', { preStop: { tokn: 'a'.repeat(16), token: 'a'.repeat(16) } }, '"aaaaaaaaaaaaaaaa"', 'preStop takes path, token'],
+  ['metrics.prefx', { metrics: { prefx: 'x_' } }, '"x_"', 'metrics takes registry, prefix'],
+  ['drainOnCrash.timeuot', { drainOnCrash: { timeuot: 1 } }, '1', 'drainOnCrash takes timeout'],
+  ['drainOnCrash', { drainOnCrash: 'yes' }, '"yes"', 'true, false or an object { timeout }'],
+  ['drainOnCrash.timeout', { drainOnCrash: { timeout: 60_000 } }, '60000', 'at most gracePeriod − exitMargin − closeTimeout (26000)'],
+  ['stallTimeout', { stallTimeout: 0 }, '0', 'e.g. stallTimeout: 2000'],
+  ['loadBalancerIdleTimeout', { loadBalancerIdleTimeout: -1 }, '-1', 'e.g. loadBalancerIdleTimeout: 60000'],
+  ['takeOverCloseWithGrace', { takeOverCloseWithGrace: 'yes' }, '"yes"', 'true or false'],
   ['liveness.path', { liveness: { path: 42 } }, '42', "e.g. liveness.path: '/livez'"],
   ['healthPort', { healthPort: -1 }, '-1', 'e.g. healthPort: 9000'],
   ['healthPort', { healthPort: 65_536 }, '65536', 'e.g. healthPort: 9000'],
