@@ -31,7 +31,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
-import type { FailureSample, LoadResult } from './load.js'
+import type { FailureSample, LoadResult } from '../../scripts/support/load.js'
 import type { Balancer } from './rolling.js'
 
 export interface NginxOptions {

@@ -17,8 +17,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { startHaproxy } from './haproxy.js'
 import type { HealthCheckOptions, LbMode } from './haproxy.js'
-import { startLoad } from './load.js'
-import type { LoadOptions, LoadResult } from './load.js'
+import { startLoad } from '../../scripts/support/load.js'
+import type { LoadOptions, LoadResult } from '../../scripts/support/load.js'
 
 /** One running server process: what the scenario needs from it. */
 export interface Instance {
