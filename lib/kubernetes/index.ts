@@ -3,8 +3,10 @@ import type { ResolvedOptions } from '../options.js'
 import type { Drain } from '../drain.js'
 import type { DrainState } from '../state.js'
 import type { DrainParticipant } from '../participants.js'
-import { probePaths, registerProbes, type ReadinessSource } from './probes.js'
-import { ReadinessChecks } from './readiness-checks.js'
+import { InvalidOptionError } from '../errors.js'
+import { probePaths, registerProbes, type ProbeSource } from './probes.js'
+import { Checks, namedChecks, type Check } from './checks.js'
+import { EVENT_LOOP_CHECK, EventLoopDelay, eventLoopCheck } from './event-loop.js'
 import { StartupTasks } from './startup-tasks.js'
 import { createHealthPort, type HealthPort } from './health-port.js'
 import { registerPreStop } from './prestop.js'
@@ -30,17 +32,44 @@ export function mainPortProbePaths (options: ResolvedOptions): Set<string> {
 }
 
 /**
+ * The liveness checks: the built-in event-loop check first, when
+ * `maxEventLoopDelay` is set (a stalled loop also makes the user's checks time
+ * out, and its name is the better diagnosis), then the user's, in their order.
+ */
+function livenessChecks (options: ResolvedOptions, log: FastifyBaseLogger): { checks: Checks | undefined, monitor: EventLoopDelay | undefined } {
+  const liveness = options.liveness
+  if (liveness === false) return { checks: undefined, monitor: undefined }
+  const list: Check[] = namedChecks(liveness.checks)
+  let monitor: EventLoopDelay | undefined
+  if (liveness.maxEventLoopDelay !== undefined) {
+    if (Object.hasOwn(liveness.checks, EVENT_LOOP_CHECK)) {
+      throw new InvalidOptionError(`liveness.checks.${EVENT_LOOP_CHECK}`, 'renamed when liveness.maxEventLoopDelay is set',
+        liveness.checks[EVENT_LOOP_CHECK], `"${EVENT_LOOP_CHECK}" is the name of the built-in check that maxEventLoopDelay adds`)
+    }
+    monitor = new EventLoopDelay()
+    list.unshift(eventLoopCheck(monitor, liveness.maxEventLoopDelay))
+  }
+  return { checks: new Checks('liveness', list, liveness, log), monitor }
+}
+
+/**
  * Wires what Kubernetes talks to (docs/design.md, "Probes and Kubernetes"): the
- * probes (on the main port or the health port), readiness checks and startup
- * tasks, and the preStop endpoint.
+ * probes (on the main port or the health port), readiness and liveness checks,
+ * startup tasks, and the preStop endpoint.
  */
 export function setupKubernetes (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, drain: Drain): KubernetesWiring {
   const startup = new StartupTasks(log)
-  const checks = options.readiness === false ? undefined : new ReadinessChecks(options.readiness, log)
-  const source: ReadinessSource = {
+  const ready = options.readiness === false ? undefined : new Checks('readiness', namedChecks(options.readiness.checks), options.readiness, log)
+  const live = livenessChecks(options, log)
+  const monitor = live.monitor
+  // The app's close ends the sampling, after a drain (which closes the app) as on a plain app.close():
+  // only the report and the exit are left, and a stopped monitor passes the check.
+  if (monitor !== undefined) app.addHook('onClose', async () => { monitor.stop() })
+  const source: ProbeSource = {
     // 'ready' in the drain's sense (listening) is not ready for traffic while startup tasks run.
     get state (): DrainState { return drain.state === 'ready' && startup.blocking ? 'starting' : drain.state },
-    failingCheck: async () => await checks?.failingCheck()
+    readinessFailing: async () => await ready?.failingCheck(),
+    livenessFailing: async () => await live.checks?.failingCheck()
   }
   const participants: DrainParticipant[] = []
   const routes = (target: FastifyInstance): void => {
