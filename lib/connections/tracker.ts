@@ -18,9 +18,14 @@ export interface Connection {
   /** The socket the HTTP parser reads: the TLS socket once the handshake is done, else the TCP one. */
   reader: Socket
   readonly acceptedAt: number
+  /** Requests on this socket not yet answered, probes included: a socket is idle only at 0. */
   inFlight: number
+  /** Requests seen on this socket, probes included: a socket that has sent one is no longer fresh. */
   served: number
-  /** `reader.bytesRead` when its last response ended: more than that means a request is arriving. */
+  /**
+   * `reader.bytesRead` when its last response ended, whoever sent it (a route, a probe, the
+   * preStop endpoint): more than that means bytes of a new request have come in.
+   */
   bytesAtRest: number
   /** The response being written, to mark it `Connection: close` and to name its route if it is cut. */
   response: ServerResponse | undefined
@@ -78,6 +83,8 @@ export class ConnectionTracker {
   // socket or response as `this`; private fields stay reachable through `tracker`.
   readonly #onSocketClose: (this: TrackedSocket) => void
   readonly #onResponseClose: (this: ServerResponse) => void
+  /** The same for a probe's response: it ends a request on its socket, but it was never work or traffic. */
+  readonly #onProbeClose: (this: ServerResponse) => void
 
   constructor (server: Server, isProbe: (url: string | undefined) => boolean,
     isBackground: (url: string | undefined) => boolean = () => false) {
@@ -87,7 +94,8 @@ export class ConnectionTracker {
     this.#isBackground = isBackground
     const tracker = this
     this.#onSocketClose = function () { tracker.forget(this[kConnection]) }
-    this.#onResponseClose = function () { tracker.#responseEnded(this) }
+    this.#onResponseClose = function () { tracker.#responseEnded(this, false) }
+    this.#onProbeClose = function () { tracker.#responseEnded(this, true) }
     server.on('connection', this.#onConnection)
     server.on('secureConnection', this.#onSecureConnection)
     // Prepended so the drain marks the response before Fastify starts writing it.
@@ -250,25 +258,34 @@ export class ConnectionTracker {
     }
   }
 
-  #responseEnded (res: ServerResponse): void {
+  #responseEnded (res: ServerResponse, probe: boolean): void {
     const conn = (res as TrackedResponse)[kConnection] ?? (res.req.socket as TrackedSocket)[kConnection]
-    this.#inFlight--
     const background = (res as TrackedResponse)[kBackground] === true
-    if (!background) this.#trafficInFlight--
+    if (!probe) {
+      this.#inFlight--
+      if (!background) this.#trafficInFlight--
+    }
     if (conn === undefined) return
     conn.inFlight--
     if (conn.response === res) conn.response = undefined
     conn.streams?.delete(res)
+    // Every finished response moves the mark, a probe's too: a socket whose last request was
+    // a probe is as idle as any other, not one with a request arriving (issue 16).
     conn.bytesAtRest = conn.reader.bytesRead
-    if (this.#draining && !background) this.#lastActivityAt = now()
+    if (this.#draining && !probe && !background) this.#lastActivityAt = now()
     // A response whose headers went out before the drain promised keep-alive;
     // once the listener is closed nobody should reuse the socket, so end it now.
     if (this.#closing && conn.inFlight === 0 && !conn.upgraded && endGracefully(conn)) this.#changed()
   }
 
+  /**
+   * Prepended, so the drain marks the response before anyone writes it. Probes and the
+   * preStop endpoint are requests on their socket like any other (its idle mark moves when
+   * they end), but neither in-flight work nor traffic. Nothing here allocates for a
+   * request that is not a probe: counters, and one listener created once.
+   */
   readonly #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     if (this.#draining) closeAfterResponse(res)
-    if (this.#isProbe(req.url)) return
     const conn = (req.socket as TrackedSocket)[kConnection]
     if (conn === undefined) return
     conn.inFlight++
@@ -277,6 +294,10 @@ export class ConnectionTracker {
     if (req.httpVersionMajor === 2) {
       (res as TrackedResponse)[kConnection] = conn
       ;(conn.streams ??= new Set()).add(res)
+    }
+    if (this.#isProbe(req.url)) {
+      res.on('close', this.#onProbeClose)
+      return
     }
     this.#inFlight++
     res.on('close', this.#onResponseClose)
