@@ -4,16 +4,16 @@ import type { DrainReport } from './report.js'
 import { unrefTimer } from './deadline.js'
 
 /** The longest we wait for an asynchronous log destination before exiting anyway. */
-const FLUSH_TIMEOUT_MS = 500
+export const FLUSH_TIMEOUT_MS = 500
 
 type Flushable = FastifyBaseLogger & { flush?: (cb?: (err?: Error) => void) => void }
 
 /** Flushes pino's buffered destination (if it has one); bounded, never throws. */
-export function flushLogger (log: FastifyBaseLogger): Promise<void> {
+export function flushLogger (log: FastifyBaseLogger, timeout = FLUSH_TIMEOUT_MS): Promise<void> {
   const flush = (log as Flushable).flush
   if (typeof flush !== 'function') return Promise.resolve()
   return new Promise(resolve => {
-    const timer = unrefTimer(FLUSH_TIMEOUT_MS, resolve)
+    const timer = unrefTimer(timeout, resolve)
     try {
       flush.call(log, () => { clearTimeout(timer); resolve() })
     } catch {
@@ -31,13 +31,17 @@ export async function exitProcess (
   exit: boolean | ExitFunction,
   code: number,
   report: DrainReport | undefined,
-  log: FastifyBaseLogger
+  log: FastifyBaseLogger,
+  flushTimeout = FLUSH_TIMEOUT_MS
 ): Promise<void> {
   if (exit === false) return
-  await flushLogger(log)
+  await flushLogger(log, flushTimeout)
   if (typeof exit === 'function') {
     await exit(code, report as DrainReport)
     return
   }
+  // Set first: exit hooks such as signal-exit's (tap, write-file-atomic) re-exit with
+  // process.exitCode, which would turn a forced drain's 1 into the app's own code.
+  process.exitCode = code
   process.exit(code)
 }

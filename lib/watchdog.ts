@@ -1,0 +1,56 @@
+import { Worker } from 'node:worker_threads'
+
+/**
+ * The last guard of the deadline, on a thread of its own (docs/design.md, "The budget").
+ *
+ * Every other timer of the drain runs on the main thread, so a main thread
+ * that never comes back — pino's exit-time flush retrying on a log pipe nobody
+ * reads, a synchronous loop in a hook or a closer — would keep the process
+ * until the kubelet's SIGKILL. A worker's timer still fires then. It ends the
+ * process with SIGKILL, because nothing gentler can: `process.exit()` in a
+ * worker ends only the worker, and a catchable signal waits for the blocked
+ * main thread. The exit status is therefore 137 (128 + SIGKILL), what the
+ * kubelet's own kill would have shown, but before the grace period is over.
+ *
+ * The worker starts at the signal, not at startup, so a healthy process pays
+ * nothing for it; it is unref'd, so it never keeps the process alive by itself.
+ */
+export interface Watchdog {
+  /** Stops the watchdog: the drain ended without exiting the process (`exit: false` or a function). */
+  disarm (): void
+}
+
+// Plain JavaScript, evaluated in the worker: the package ships no second entry point for it.
+const WORKER_SOURCE = `
+const { workerData } = require('node:worker_threads')
+const { writeSync } = require('node:fs')
+// An absolute time, not a delay: the worker's own start-up (tens of ms, more on a busy machine) must not push it back.
+setTimeout(() => {
+  // One line on stderr, written without blocking: its reader may be as stuck as stdout's.
+  try { writeSync(2, workerData.line + '\\n') } catch {}
+  process.kill(process.pid, 'SIGKILL')
+}, Math.max(0, workerData.at - (performance.timeOrigin + performance.now())))
+`
+
+/**
+ * Arms the watchdog to end the process `delayMs` from now. `line` is the JSON
+ * log line it writes to stderr first (best effort: that pipe may be full too).
+ */
+export function armWatchdog (delayMs: number, line: string): Watchdog {
+  let worker: Worker | undefined
+  try {
+    const at = performance.timeOrigin + performance.now() + Math.max(0, delayMs)
+    worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { at, line }, stdout: false, stderr: false })
+    worker.unref()
+    // A worker that cannot run (no threads left, a sandbox) must not crash the drain: the main-thread guards remain.
+    worker.on('error', () => {})
+  } catch {
+    worker = undefined
+  }
+  return {
+    disarm () {
+      worker?.terminate().catch(() => {})
+      worker = undefined
+    }
+  }
+}
