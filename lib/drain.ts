@@ -1,21 +1,25 @@
 // Longer than 150 lines: the sequence, plus the state its phases share (the deadline,
 // the phase times, what was cut, the closers' outcomes) and the read-only view
 // fastify.drain exposes of it. Every policy lives elsewhere: see the class comment.
-import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import { setMaxListeners } from 'node:events'
+import type { FastifyBaseLogger } from 'fastify'
 import type { ResolvedOptions } from './options.js'
 import type { DrainDelay, DrainReport, DrainPhases } from './report.js'
 import { AlreadyClosedError, CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
-import { Deadline, now } from './deadline.js'
+import { Deadline, now, sleep } from './deadline.js'
 import { inFlightEnd } from './budget.js'
 import { keepServing } from './delay.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
 import type { ConnectionTracker } from './connections/tracker.js'
 import { closeConnections, destroyRemaining } from './connections/closing.js'
 import { closeListener } from './connections/socket-internals.js'
+import type { Server } from 'node:net'
+import type { BackgroundWork } from './background-work.js'
+import { armWatchdog, type Watchdog } from './watchdog.js'
 import type { Participants } from './participants.js'
 import { buildReport, logReport, round } from './report.js'
-import { exitProcess } from './exit.js'
+import { exitProcess, FLUSH_TIMEOUT_MS } from './exit.js'
 import { signalExitCode } from './signals.js'
 
 export interface StartOptions {
@@ -24,6 +28,18 @@ export interface StartOptions {
   /** Monotonic time the termination really began (a preStop call), if earlier than now. */
   startedAt?: number
   signal?: NodeJS.Signals
+  /** The whole budget, if shorter than gracePeriod − exitMargin (a crash drains briefly). */
+  budgetMs?: number
+  /** The crash that started the drain (`drainOnCrash`). */
+  crash?: { error: string, origin: string }
+}
+
+/** What the drain needs of the app, beyond its tracker and participants. */
+export interface DrainApp {
+  /** The listening server(s) to close when the delay ends. */
+  readonly server: Server
+  /** Fastify's own close(), unwrapped: the app's close() joins the drain instead (app-close.ts). */
+  close (): Promise<void>
 }
 
 /**
@@ -34,7 +50,8 @@ export interface StartOptions {
  * to the participants (participants.ts), in their declared order.
  */
 export class Drain {
-  readonly #app: FastifyInstance
+  readonly #app: DrainApp
+  readonly #background: BackgroundWork
   readonly #options: ResolvedOptions
   readonly #log: FastifyBaseLogger
   readonly #tracker: ConnectionTracker
@@ -56,14 +73,46 @@ export class Drain {
   #inFlightAtStart = 0
   #cut: string[] = []
   #outcomes: CloserOutcome[] = []
+  #abandoned: string[] = []
+  /** Milliseconds after the start at which in-flight requests and tracked work are cut. */
+  #inFlightEndMs = 0
+  #crash: StartOptions['crash']
+  /** The listener was found closed by someone else when the delay ended: the drain could not keep serving. */
+  #listenerClosedEarly = false
+  #watchdog: Watchdog | undefined
+  /** Settles when the drain's fastify.close() does: an app.close() during the drain waits on it. */
+  readonly #appClosed: Promise<void>
+  #resolveAppClosed: () => void = () => {}
 
-  constructor (app: FastifyInstance, options: ResolvedOptions, log: FastifyBaseLogger, tracker: ConnectionTracker, participants: Participants) {
+  constructor (app: DrainApp, options: ResolvedOptions, log: FastifyBaseLogger, tracker: ConnectionTracker,
+    participants: Participants, background: BackgroundWork) {
     this.#app = app
     this.#options = options
     this.#log = log
     this.#tracker = tracker
     this.#participants = participants
-    this.#closers = new Closers(() => app.close())
+    this.#background = background
+    this.#appClosed = new Promise(resolve => { this.#resolveAppClosed = resolve })
+    this.#closers = new Closers(async () => {
+      try {
+        await app.close()
+      } finally {
+        this.#resolveAppClosed()
+      }
+    })
+    // One signal shared by every SSE stream and long poll: each adds its own abort listener,
+    // and 11 of them are not a leak (Node would warn at the 11th).
+    setMaxListeners(0, this.#aborter.signal)
+  }
+
+  /** Settles when the drain has closed the app: what an `app.close()` during the drain returns. */
+  get appClosed (): Promise<void> {
+    return this.#appClosed
+  }
+
+  /** The app closed the listener itself during the delay: the drain could not keep serving (report, exit 1). */
+  noteListenerClosedEarly (): void {
+    if (this.#state.current === 'draining') this.#listenerClosedEarly = true
   }
 
   get state (): DrainState {
@@ -122,9 +171,25 @@ export class Drain {
     this.#running = new Promise(resolve => { this.#resolve = resolve })
     this.#reason = reason
     this.#signal = options.signal
-    const deadline = new Deadline(options.startedAt ?? now(), this.#options.gracePeriod - this.#options.exitMargin)
+    this.#crash = options.crash
+    const { gracePeriod, exitMargin, closeTimeout } = this.#options
+    const budget = Math.min(options.budgetMs ?? Infinity, gracePeriod - exitMargin)
+    const deadline = new Deadline(options.startedAt ?? now(), budget)
     this.#deadline = deadline
+    // Requests before reservations: only the closers' share and the exit margin are kept back.
+    this.#inFlightEndMs = options.budgetMs === undefined ? inFlightEnd(this.#options) : Math.max(0, budget - closeTimeout)
     deadline.guard(() => { this.#finish({ by: 'deadline', exitCode: 1 }).catch(this.#logFailure) })
+    // The last guard, on its own thread: half the exit margin before gracePeriod, after a healthy
+    // logger flush (bounded to a third of the margin, exit.ts) would have ended, and early enough
+    // for the kill to land before the kubelet's (watchdog.ts). Only when the drain is to end the process.
+    if (this.#options.exit === true) {
+      this.#watchdog = armWatchdog(deadline.until(gracePeriod - exitMargin / 2), JSON.stringify({
+        level: 60,
+        time: Date.now(),
+        plugin: 'fastify-graceful-drain',
+        msg: 'watchdog: the main thread did not end the process by its deadline (a blocked event loop, a full log pipe): ending it with SIGKILL'
+      }))
+    }
     this.#state.moveTo('draining')
     this.#openAtStart = this.#tracker.size
     this.#inFlightAtStart = this.#tracker.inFlight
@@ -141,7 +206,25 @@ export class Drain {
   /** A second signal: exit at once with 128 + its number, as a shell would report the kill. */
   forceExit (signal: NodeJS.Signals): void {
     this.#log.warn({ signal }, 'second signal during the drain: exiting now')
-    this.#finish({ by: 'second signal', exitCode: signalExitCode(signal) }).catch(this.#logFailure)
+    this.forceEnd('second signal', signalExitCode(signal))
+  }
+
+  /** Ends the drain at once (a second signal, a crash during the drain) with `exitCode`. */
+  forceEnd (by: string, exitCode: number): void {
+    this.#finish({ by, exitCode }).catch(this.#logFailure)
+  }
+
+  /** `drainOnCrash`: drain at once, within the short crash budget, and exit 1 (crash.ts). */
+  crash (error: unknown, origin: string): void {
+    const message = error instanceof Error ? (error.stack ?? error.message) : String(error)
+    const { drainOnCrash, closeTimeout } = this.#options
+    const timeout = drainOnCrash === false ? 0 : drainOnCrash.timeout
+    this.start('crash', { skipDelay: true, budgetMs: timeout + closeTimeout, crash: { error: message, origin } }).catch(() => {})
+  }
+
+  /** `fastify.drain.track()`: refused once the closers are about to run (background-work.ts). */
+  track<T> (name: string, work: Parameters<BackgroundWork['track']>[1]): Promise<T> {
+    return this.#background.track(name, work) as Promise<T>
   }
 
   readonly #logFailure = (error: unknown): void => {
@@ -155,6 +238,8 @@ export class Drain {
     if (this.#forced.signal.aborted) return
     await this.#closeConnections()
     if (this.#forced.signal.aborted) return
+    await this.#waitForBackgroundWork()
+    if (this.#forced.signal.aborted) return
     await this.#closeResources()
     if (this.#forced.signal.aborted) return
     await this.#finish()
@@ -165,10 +250,10 @@ export class Drain {
     const deadline = this.#deadline as Deadline
     this.#state.moveTo('closing')
     this.#phases.closing = round(deadline.elapsed())
+    if (!this.#app.server.listening && this.#options.drainDelay > 0) this.noteListenerClosedEarly()
     closeListener(this.#app.server)
     this.#participants.closing()
-    // Requests before reservations: only the closers' share and the exit margin are kept back.
-    await closeConnections(this.#tracker, deadline.until(inFlightEnd(this.#options)), this.#forced.signal)
+    await closeConnections(this.#tracker, deadline.until(this.#inFlightEndMs), this.#forced.signal)
     if (this.#tracker.size > 0 && !this.#forced.signal.aborted) {
       this.#cut = this.#spendBudget()
       this.#log.warn({ cut: this.#cut }, 'drain budget spent: destroyed the connections still open')
@@ -179,6 +264,29 @@ export class Drain {
   #spendBudget (): string[] {
     this.#participants.budgetSpent()
     return destroyRemaining(this.#tracker)
+  }
+
+  /**
+   * Tracked background work holds the closers, within the same budget as the
+   * requests: a job started after its reply still has its pool (background-work.ts).
+   */
+  async #waitForBackgroundWork (): Promise<void> {
+    const deadline = this.#deadline as Deadline
+    if (this.#background.pending > 0) {
+      const budget = new AbortController()
+      const onForced = (): void => budget.abort()
+      this.#forced.signal.addEventListener('abort', onForced, { once: true })
+      await Promise.race([this.#background.whenSettled(), sleep(deadline.until(this.#inFlightEndMs), budget.signal)])
+      budget.abort()
+      this.#forced.signal.removeEventListener('abort', onForced)
+    }
+    if (this.#forced.signal.aborted) return
+    this.#background.seal(this.#state.current)
+    if (this.#background.pending > 0) {
+      this.#participants.budgetSpent()
+      this.#abandoned = this.#background.abandon()
+      this.#log.warn({ abandoned: this.#abandoned }, 'drain budget spent: background work abandoned')
+    }
   }
 
   /** Strictly after the last response: the app's onClose hooks, then the closers, each bounded. */
@@ -218,8 +326,12 @@ export class Drain {
       this.#outcomes = this.#closers.abandon(forcedEnd.by)
       const cut = this.#spendBudget()
       this.#cut.push(...cut)
+      this.#background.seal(this.#state.current)
+      this.#abandoned.push(...this.#background.abandon())
       this.#log.warn({ forcedBy: forcedEnd.by, cut }, `drain forced to end by the ${forcedEnd.by}`)
     }
+    // An app.close() that joined the drain must not wait for a close that will never come.
+    this.#resolveAppClosed()
     deadline.disarm()
     this.#state.moveTo('closed')
     this.#phases.closed = round(deadline.elapsed())
@@ -235,7 +347,12 @@ export class Drain {
       closers: this.#outcomes,
       connections: this.#tracker.counts(),
       sections: this.#participants.report(),
-      forcedEnd
+      forcedEnd,
+      background: this.#background.counts(this.#abandoned),
+      crash: this.#crash,
+      listenerClosedEarly: this.#listenerClosedEarly,
+      // Read at the end: a non-zero code the app set (a failed job, say) outlives a clean drain.
+      appExitCode: typeof process.exitCode === 'number' ? process.exitCode : Number(process.exitCode ?? 0)
     })
     this.#report = report
     logReport(this.#log, report)
@@ -243,6 +360,9 @@ export class Drain {
     // Not awaited: the health port may still be closing while the process exits (exit.ts).
     this.#participants.dispose().catch(this.#logFailure)
     this.#resolve?.(report)
-    await exitProcess(this.#options.exit, report.exitCode, report, this.#log)
+    // A third of the exit margin at most: the watchdog fires at half of it (see start()).
+    await exitProcess(this.#options.exit, report.exitCode, report, this.#log, Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 3))
+    // Still running: `exit` is false or a function that did not end the process.
+    this.#watchdog?.disarm()
   }
 }

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
-import { resolveOptions, type GracefulDrainOptions } from './options.js'
+import { defaults, resolveOptions, type GracefulDrainOptions } from './options.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { ConnectionTracker } from './connections/tracker.js'
 import { pathMatcher } from './connections/path-matcher.js'
@@ -11,9 +11,15 @@ import { mainPortProbePaths, setupKubernetes } from './kubernetes/index.js'
 import { warnAboutLateSignalListeners } from './coexistence/coexistence.js'
 import { setupProtocols } from './protocols/index.js'
 import { logBudget, warnAboutPlatform } from './kubernetes/platform.js'
-import { diagnosticsParticipant } from './observability/diagnostics.js'
+import { channels, diagnosticsParticipant } from './observability/diagnostics.js'
 import { registerMetrics } from './observability/metrics.js'
 import type { CloserFunction, CloserOptions } from './closers.js'
+import { BackgroundWork, backgroundWorkParticipant, type BackgroundWorkInput } from './background-work.js'
+import { joinAppClose } from './app-close.js'
+import { installCrashDrain } from './crash.js'
+import { requestSignalAt } from './protocols/request-signal.js'
+import { warnAboutTimeouts } from './kubernetes/timeout-audit.js'
+import { takeOverSignals } from './coexistence/fastify-cli.js'
 import type { DrainReport } from './report.js'
 import type { DrainState } from './state.js'
 
@@ -33,6 +39,12 @@ export interface GracefulDrain {
   addCloser (name: string, fn: CloserFunction, options?: CloserOptions): void
   /** Readiness says 'starting' until `task` resolves (and for good if it rejects): migrations, cache warm-up. */
   startupTask (name: string, task: PromiseLike<unknown>): void
+  /**
+   * Work that is not a request (a queue job, a write after `reply.send()`, a cron tick): the drain waits for it
+   * before closing resources, within the in-flight budget. `work` is a promise, or a function given an AbortSignal
+   * that aborts with `request.drainSignal`. Returns the work's result.
+   */
+  track<T> (name: string, work: BackgroundWorkInput<T>): Promise<T>
   /** The port the health listener is bound to (`healthPort`, or the one picked for 0), once it listens. */
   readonly healthPort: number | undefined
 }
@@ -62,7 +74,12 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const tracker = new ConnectionTracker(fastify.server, pathMatcher(probes), pathMatcher(options.quietPeriodIgnore))
   // Each module's part in the drain; the order they hear each phase in is declared in participants.ts.
   const participants = new Participants()
-  const drain = new Drain(fastify as FastifyInstance, options, log, tracker, participants)
+  const background = new BackgroundWork()
+  // The app's own close() joins a running drain; the drain alone calls Fastify's (app-close.ts).
+  const close = joinAppClose(fastify as FastifyInstance, { get running () { return drain.running }, get appClosed () { return drain.appClosed } }, log)
+  const drain = new Drain({ server: fastify.server, close }, options, log, tracker, participants, background)
+  participants.add(backgroundWorkParticipant(background, () => requestSignalAt(options)))
+  if (options.drainOnCrash !== false) participants.add(installCrashDrain(drain, log))
   // Probes, health port, preStop, readiness checks and startup tasks: see kubernetes/.
   const kubernetes = setupKubernetes(fastify as FastifyInstance, options, log, drain)
   participants.add(...kubernetes.participants, diagnosticsParticipant(drain, tracker, options))
@@ -99,14 +116,23 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     start: (reason?: string) => drain.start(reason ?? 'api'),
     addCloser: (name: string, fn: CloserFunction, closerOptions?: CloserOptions) => drain.addCloser(name, fn, closerOptions),
     startupTask: (name: string, task: PromiseLike<unknown>) => kubernetes.startupTask(name, task),
+    track: <T>(name: string, work: BackgroundWorkInput<T>) => drain.track<T>(name, work),
     get healthPort () { return kubernetes.healthPort }
   })
   fastify.decorate('drain', api)
 
+  if (options.takeOverCloseWithGrace) {
+    // fastify-cli installs close-with-grace after the app loads and before ready(): take its signals over then.
+    fastify.addHook('onReady', async () => {
+      const takeover = takeOverSignals({ signals: options.signals, log })
+      participants.add({ name: 'close-with-grace', dispose: () => { if (!drain.running) takeover.restore() } })
+    })
+  }
   fastify.addHook('onListen', async () => {
     drain.markReady()
     logBudget(log, options)
     warnAboutPlatform(log, options)
+    warnAboutTimeouts(fastify.server, options, log)
   })
   fastify.addHook('onClose', async () => {
     // A drain calls fastify.close() itself and disposes of the participants when it finishes;
@@ -119,16 +145,28 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   })
 }
 
-/** The plugin: `await app.register(gracefulDrain, { gracePeriod: 30_000 })`. */
-export const gracefulDrain = fp(gracefulDrainPlugin, { fastify: '5.x', name: 'fastify-graceful-drain' })
+const plugin = fp(gracefulDrainPlugin, { fastify: '5.x', name: 'fastify-graceful-drain' })
 
+/**
+ * The plugin: `await app.register(gracefulDrain, { gracePeriod: 30_000 })`.
+ * Fastify's convention for CommonJS: `require('fastify-graceful-drain')` is the
+ * plugin itself (Node ≥ 20.19 loads this ESM build), carrying `default`,
+ * `fastifyGracefulDrain` and every other runtime export, so `import` and
+ * `require` see the same names.
+ */
+export const gracefulDrain = Object.assign(plugin, {
+  default: plugin,
+  fastifyGracefulDrain: plugin,
+  gracefulDrain: plugin,
+  resolveOptions,
+  defaults,
+  diagnosticsChannels: channels
+})
+export { gracefulDrain as fastifyGracefulDrain, gracefulDrain as 'module.exports', resolveOptions, defaults, channels as diagnosticsChannels }
 export default gracefulDrain
-// `require('fastify-graceful-drain')` (Node ≥ 20.19 loads this ESM build) returns the plugin itself, as CommonJS users expect.
-export { gracefulDrain as 'module.exports' }
 
-export { resolveOptions, defaults } from './options.js'
-export type { GracefulDrainOptions, ReadinessOptions, LivenessOptions, PreStopOptions, ReadinessCheck, ExitFunction, ResolvedOptions, MetricsOptions, MetricsRegistry } from './options.js'
-export { channels as diagnosticsChannels } from './observability/diagnostics.js'
+export type { GracefulDrainOptions, ReadinessOptions, LivenessOptions, PreStopOptions, ReadinessCheck, LivenessCheck, DrainOnCrashOptions, ExitFunction, ResolvedOptions, MetricsOptions, MetricsRegistry } from './options.js'
+export type { BackgroundWorkInput, BackgroundWorkCounts } from './background-work.js'
 export type { DrainReport, DrainPhases, LongLivedCounts } from './report.js'
 export type { DrainState } from './state.js'
 export type { CloserFunction, CloserOptions, CloserOutcome } from './closers.js'

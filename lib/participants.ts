@@ -10,6 +10,8 @@ import type { DrainReport } from './report.js'
 export const ORDER = [
   // budgetSpent: handlers learn why before anything they use is cut, so their abort listeners can still answer.
   'request-signal',
+  // budgetSpent: tracked work is told to stop at the same moment as the requests.
+  'background-work',
   // budgetSpent: `forced` is published while the counts still describe what is about to be cut.
   'diagnostics',
   // draining: sees the open streams before handlers end them on fastify.drain.signal (which aborts after
@@ -23,8 +25,11 @@ export const ORDER = [
   'prestop',
   // dispose only: the final figures stay readable after a drain; unregistered on a plain app.close().
   'metrics',
-  // dispose only: the process's signal listeners and the server's listeners go.
+  // dispose only: the process's signal listeners (and the crash handlers) and the server's listeners go.
   'signals',
+  'crash',
+  // dispose only: close-with-grace's listener goes back if the app closes without a drain (coexistence/fastify-cli.ts).
+  'close-with-grace',
   'connections',
   // dispose, last: the health port outlives the rest of the teardown, so the kubelet gets an answer to the very end.
   'health-port'

@@ -1,4 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
+import type { BackgroundWorkCounts } from './background-work.js'
 import type { CloserOutcome } from './closers.js'
 import type { Deadline } from './deadline.js'
 import type { ReportSections } from './participants.js'
@@ -41,6 +42,12 @@ export interface DrainReport {
   durationMs: number
   /** Milliseconds that were left before the deadline when the drain ended. */
   remainingMs: number
+  /** Work tracked with `fastify.drain.track()` (present when there was any). */
+  background?: BackgroundWorkCounts
+  /** The crash that started the drain (`drainOnCrash`). */
+  crash?: { error: string, origin: string }
+  /** Present when the drain could not keep serving: the app closed the listener itself during the delay. */
+  interrupted?: string
   /** HTTP/2 sessions open at the drain start or opened during it (present on an `http2: true` server). */
   http2Sessions?: LongLivedCounts
   /** WebSockets (@fastify/websocket) told to go away with close code 1001 (present when there were any). */
@@ -77,6 +84,8 @@ export interface LongLivedCounts {
 
 export const round = (ms: number): number => Math.round(ms)
 
+const plural = (count: number, noun: string): string => `${count} ${noun}${count === 1 ? '' : 's'}`
+
 /** `total` seen, of which `destroyed` were cut at the budget: the rest ended gracefully. */
 export function longLivedCounts (total: number, destroyed: number): LongLivedCounts {
   return { total, closedGracefully: total - destroyed, destroyed }
@@ -98,6 +107,11 @@ export interface DrainFacts {
   sections: ReportSections
   /** A forced end (deadline, second signal) brings its own exit code. */
   forcedEnd: { by: string, exitCode: number } | undefined
+  background: BackgroundWorkCounts
+  crash: { error: string, origin: string } | undefined
+  listenerClosedEarly: boolean
+  /** `process.exitCode` as the app left it (0 when unset). */
+  appExitCode: number
 }
 
 /**
@@ -107,9 +121,10 @@ export interface DrainFacts {
  * `cut` or not (one that never sent a request); a failed closer exits 1 too.
  */
 export function buildReport (facts: DrainFacts): DrainReport {
-  const { deadline, connections } = facts
-  const forced = facts.forcedEnd !== undefined || connections.destroyed > 0 || facts.cut.length > 0
-  const failed = facts.closers.some(outcome => outcome.outcome !== 'ok')
+  const { deadline, connections, background } = facts
+  const forced = facts.forcedEnd !== undefined || connections.destroyed > 0 || facts.cut.length > 0 ||
+    background.abandoned.length > 0 || facts.listenerClosedEarly
+  const failed = facts.closers.some(outcome => outcome.outcome !== 'ok') || facts.crash !== undefined
   return {
     reason: facts.reason,
     signal: facts.signal,
@@ -121,19 +136,34 @@ export function buildReport (facts: DrainFacts): DrainReport {
     connections: { openAtStart: facts.openAtStart, closedGracefully: connections.closedGracefully, destroyed: connections.destroyed },
     closers: [...facts.closers],
     forced,
-    exitCode: facts.forcedEnd?.exitCode ?? (forced || failed ? 1 : 0),
+    exitCode: exitCode(facts, forced || failed),
     durationMs: round(deadline.elapsed()),
     remainingMs: round(deadline.remaining()),
+    ...(background.total > 0 || background.abandoned.length > 0 ? { background } : {}),
+    ...(facts.crash === undefined ? {} : { crash: facts.crash }),
+    ...(facts.listenerClosedEarly ? { interrupted: 'the app closed the listener during the delay: new connections were refused early' } : {}),
     ...facts.sections
   }
+}
+
+/**
+ * The exit code, by precedence (README, "Exit codes"): a second signal's
+ * 128 + n; 1 when anything was forced, cut, abandoned or failed (a crash
+ * included); else the app's own non-zero `process.exitCode`; else 0.
+ */
+function exitCode (facts: DrainFacts, problems: boolean): number {
+  if (facts.forcedEnd !== undefined) return facts.forcedEnd.exitCode
+  if (problems) return 1
+  return Number.isInteger(facts.appExitCode) && facts.appExitCode !== 0 ? facts.appExitCode : 0
 }
 
 /** One structured line with all the figures; the message says the outcome in words. */
 export function logReport (log: FastifyBaseLogger, report: DrainReport): void {
   const failed = report.closers.filter(c => c.outcome !== 'ok').map(c => `${c.name} (${c.outcome})`)
   const summary = `drain ${report.forced || failed.length > 0 ? 'finished with problems' : 'complete'} in ${report.durationMs} ms: ` +
-    `${report.requests.servedDuringDrain} requests served during the drain, ` +
-    `${report.requests.cut.length} cut, ${report.connections.destroyed} connections destroyed` +
+    `${plural(report.requests.servedDuringDrain, 'request')} served during the drain, ` +
+    `${report.requests.cut.length} cut, ${plural(report.connections.destroyed, 'connection')} destroyed` +
+    (report.background?.abandoned.length ? `, background work abandoned: ${report.background.abandoned.join(', ')}` : '') +
     (failed.length > 0 ? `, closers failed: ${failed.join(', ')}` : '') +
     `; exit code ${report.exitCode}`
   if (report.exitCode === 0) log.info({ drainReport: report }, summary)
