@@ -15,6 +15,9 @@ const start = async (test: Test, options: GracefulDrainOptions, env: Record<stri
   return running
 }
 
+// A dozen child processes, two of them draining for 6–7 s by design, on a shared 2-core machine.
+t.setTimeout(300_000)
+
 const GRACE_PERIODS = [2_000, 5_000, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000, 300_000]
 
 t.test('every grace period from 2 s up registers with the defaults, and the derived budget fits', async t => {

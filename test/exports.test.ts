@@ -4,7 +4,7 @@
 import t from 'tap'
 import { createRequire } from 'node:module'
 import * as api from 'fastify-graceful-drain'
-import gracefulDrain, { gracefulDrain as named, resolveOptions, defaults } from 'fastify-graceful-drain'
+import gracefulDrain, { gracefulDrain as named, fastifyGracefulDrain, resolveOptions, defaults, diagnosticsChannels } from 'fastify-graceful-drain'
 
 t.test('the default export is the plugin, wrapped by fastify-plugin', async t => {
   t.type(gracefulDrain, 'function')
@@ -19,10 +19,11 @@ t.test('the default export is the plugin, wrapped by fastify-plugin', async t =>
 
 t.test('the named exports', async t => {
   t.equal(named, gracefulDrain, 'gracefulDrain is the default export')
+  t.equal(fastifyGracefulDrain, gracefulDrain, 'fastifyGracefulDrain, the Fastify convention, is the default export too')
   t.type(resolveOptions, 'function')
   t.type(defaults, 'object')
   t.ok(Object.isFrozen(defaults))
-  t.same(Object.keys(api).sort(), ['default', 'defaults', 'diagnosticsChannels', 'gracefulDrain', 'module.exports', 'resolveOptions'],
+  t.same(Object.keys(api).sort(), ['default', 'defaults', 'diagnosticsChannels', 'fastifyGracefulDrain', 'gracefulDrain', 'module.exports', 'resolveOptions'],
     'nothing else is exported at run time (types are compile-time only)')
   t.equal(api['module.exports'], gracefulDrain, "the 'module.exports' export is the plugin")
 })
@@ -41,4 +42,9 @@ t.test('require() returns the plugin itself', async t => {
   const required = require('fastify-graceful-drain') as typeof gracefulDrain & Record<string, unknown>
   t.equal(required, gracefulDrain, 'the same function as the ESM default export')
   t.equal(required.default, gracefulDrain, 'require(...).default works too')
+  // The same names from import and require: every runtime export is on the plugin too.
+  for (const name of Object.keys(api).filter(key => key !== 'module.exports')) {
+    t.equal(required[name], api[name as keyof typeof api], `require(...).${name} is the ESM export ${name}`)
+  }
+  t.equal(required.diagnosticsChannels, diagnosticsChannels)
 })

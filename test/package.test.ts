@@ -93,19 +93,25 @@ t.test('installed from the tarball, it works from require() and import', async t
       type: typeof plugin,
       isDefault: plugin.default === plugin,
       isCamelCase: plugin.fastifyGracefulDrain === plugin,
-      name: plugin[Symbol.for('fastify.display-name')]
+      name: plugin[Symbol.for('fastify.display-name')],
+      gracePeriod: plugin.resolveOptions().gracePeriod === plugin.defaults.gracePeriod,
+      names: ['default', 'fastifyGracefulDrain', 'gracefulDrain', 'resolveOptions', 'defaults', 'diagnosticsChannels']
+        .filter(name => plugin[name] !== undefined)
     }
     ;(async () => { ${useIt} })().catch(error => { console.error(error); process.exit(1) })
   `)
   await writeFile(join(project, 'consumer.mjs'), `
     import Fastify from 'fastify'
-    import plugin, { gracefulDrain as named, defaults, resolveOptions } from 'fastify-graceful-drain'
+    import plugin, * as api from 'fastify-graceful-drain'
+    import { gracefulDrain as named, fastifyGracefulDrain, defaults, resolveOptions } from 'fastify-graceful-drain'
     const result = {
       type: typeof plugin,
       isDefault: named === plugin,
-      isCamelCase: plugin.fastifyGracefulDrain === plugin,
+      isCamelCase: fastifyGracefulDrain === plugin,
       name: plugin[Symbol.for('fastify.display-name')],
-      gracePeriod: resolveOptions().gracePeriod === defaults.gracePeriod
+      gracePeriod: resolveOptions().gracePeriod === defaults.gracePeriod,
+      names: ['default', 'fastifyGracefulDrain', 'gracefulDrain', 'resolveOptions', 'defaults', 'diagnosticsChannels']
+        .filter(name => api[name] !== undefined)
     }
     ${useIt}
   `)
@@ -114,13 +120,16 @@ t.test('installed from the tarball, it works from require() and import', async t
     isDefault: true,
     isCamelCase: true,
     name: 'fastify-graceful-drain',
+    gracePeriod: true,
+    // The same names from require() and import (issue 13).
+    names: ['default', 'fastifyGracefulDrain', 'gracefulDrain', 'resolveOptions', 'defaults', 'diagnosticsChannels'],
     readyz: { status: 200, body: { status: 'ready' } },
     state: 'closed'
   }
   const cjs = await exec(process.execPath, ['consumer.cjs'], project)
   t.same(JSON.parse(cjs.stdout), expected, 'require() returns the plugin, which serves /readyz')
   const esm = await exec(process.execPath, ['consumer.mjs'], project)
-  t.same(JSON.parse(esm.stdout), { ...expected, gracePeriod: true }, 'import default and named, which serve /readyz')
+  t.same(JSON.parse(esm.stdout), expected, 'import default and named, which serve /readyz')
 })
 
 t.test('installed from the tarball, its types work for TypeScript consumers (CommonJS and ESM)', async t => {
