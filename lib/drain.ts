@@ -32,6 +32,22 @@ export interface StartOptions {
   budgetMs?: number
   /** The crash that started the drain (`drainOnCrash`). */
   crash?: { error: string, origin: string }
+  /** Wall-clock time of `startedAt`, given by a drain group so that every member reports the same `startedAt`. */
+  startedAtWall?: number
+}
+
+/**
+ * What a drain group (group.ts) is to each of its members' drains: it starts
+ * them all together, holds each one's listener until every member's delay has
+ * ended, and takes each report, to log one and exit once.
+ */
+export interface GroupLink {
+  /** Starts every member, this one included, with one start time and the same options. */
+  start (reason: string, options: StartOptions): void
+  /** Resolves when every member's delay has ended (or `forced` aborts): the listeners close together. */
+  delayEnded (forced: AbortSignal): Promise<void>
+  /** This member's report, final: instead of logging it and exiting. */
+  finished (report: DrainReport): void
 }
 
 /** What the drain needs of the app, beyond its tracker and participants. */
@@ -77,6 +93,8 @@ export class Drain {
   /** Milliseconds after the start at which in-flight requests and tracked work are cut. */
   #inFlightEndMs = 0
   #crash: StartOptions['crash']
+  #startedAtWall: number | undefined
+  #group: GroupLink | undefined
   /** The listener was found closed by someone else when the delay ended: the drain could not keep serving. */
   #listenerClosedEarly = false
   #watchdog: Watchdog | undefined
@@ -163,15 +181,32 @@ export class Drain {
     this.#closers.add(name, fn, options?.timeout)
   }
 
-  /** Starts the drain (once; later calls return the same report promise). */
+  /** Makes this drain a member of a drain group: the group starts it, holds its listener, takes its report. */
+  joinGroup (group: GroupLink): void {
+    this.#group = group
+  }
+
+  /**
+   * Starts the drain (once; later calls return the same report promise). In a
+   * drain group, whatever starts one member (the API, preStop, a crash) starts them all.
+   */
   start (reason = 'api', options: StartOptions = {}): Promise<DrainReport> {
     if (this.#running !== undefined) return this.#running
     // Closed without a drain (app.close()): a drain now would only call process.exit(0) out of the blue.
+    if (this.#state.current === 'closed') return Promise.reject(new AlreadyClosedError())
+    this.#group?.start(reason, options)
+    return this.startOwn(reason, options)
+  }
+
+  /** Starts this app's drain only: what start() does alone, and what a drain group does for each member. */
+  startOwn (reason: string, options: StartOptions): Promise<DrainReport> {
+    if (this.#running !== undefined) return this.#running
     if (this.#state.current === 'closed') return Promise.reject(new AlreadyClosedError())
     this.#running = new Promise(resolve => { this.#resolve = resolve })
     this.#reason = reason
     this.#signal = options.signal
     this.#crash = options.crash
+    this.#startedAtWall = options.startedAtWall
     const { gracePeriod, exitMargin, closeTimeout } = this.#options
     const budget = Math.min(options.budgetMs ?? Infinity, gracePeriod - exitMargin)
     const deadline = new Deadline(options.startedAt ?? now(), budget)
@@ -182,7 +217,7 @@ export class Drain {
     // The last guard, on its own thread: half the exit margin before gracePeriod, after a healthy
     // logger flush (bounded to a third of the margin, exit.ts) would have ended, and early enough
     // for the kill to land before the kubelet's (watchdog.ts). Only when the drain is to end the process.
-    if (this.#options.exit === true) {
+    if (this.#options.exit === true && this.#group === undefined) {
       this.#watchdog = armWatchdog(deadline.until(gracePeriod - exitMargin / 2), JSON.stringify({
         level: 60,
         time: Date.now(),
@@ -236,6 +271,12 @@ export class Drain {
     this.#delay.plannedMs = skipDelay ? 0 : this.#options.drainDelay
     this.#delay = await keepServing({ deadline, options: this.#options, tracker: this.#tracker, forced: this.#forced.signal, log: this.#log }, skipDelay)
     if (this.#forced.signal.aborted) return
+    if (this.#group !== undefined) {
+      // The delay once for the whole group: this listener stays open until every member's delay has ended.
+      await this.#group.delayEnded(this.#forced.signal)
+      if (this.#forced.signal.aborted) return
+      this.#delay = { ...this.#delay, actualMs: Math.max(this.#delay.actualMs, round(deadline.elapsed())) }
+    }
     await this.#closeConnections()
     if (this.#forced.signal.aborted) return
     await this.#waitForBackgroundWork()
@@ -252,6 +293,8 @@ export class Drain {
     this.#phases.closing = round(deadline.elapsed())
     if (!this.#app.server.listening && this.#options.drainDelay > 0) this.noteListenerClosedEarly()
     closeListener(this.#app.server)
+    this.#log.info({ elapsedMs: this.#phases.closing, inFlight: this.#tracker.inFlight, openConnections: this.#tracker.size },
+      `listener closed after ${this.#phases.closing} ms: new connections are refused; ${this.#tracker.inFlight} in flight`)
     this.#participants.closing()
     await closeConnections(this.#tracker, deadline.until(this.#inFlightEndMs), this.#forced.signal)
     if (this.#tracker.size > 0 && !this.#forced.signal.aborted) {
@@ -352,14 +395,18 @@ export class Drain {
       crash: this.#crash,
       listenerClosedEarly: this.#listenerClosedEarly,
       // Read at the end: a non-zero code the app set (a failed job, say) outlives a clean drain.
-      appExitCode: typeof process.exitCode === 'number' ? process.exitCode : Number(process.exitCode ?? 0)
+      appExitCode: typeof process.exitCode === 'number' ? process.exitCode : Number(process.exitCode ?? 0),
+      startedAtWall: this.#startedAtWall
     })
     this.#report = report
-    logReport(this.#log, report)
+    // A group member's report is a section of the group's one report (group.ts).
+    if (this.#group === undefined) logReport(this.#log, report)
     this.#participants.closed(report)
     // Not awaited: the health port may still be closing while the process exits (exit.ts).
     this.#participants.dispose().catch(this.#logFailure)
     this.#resolve?.(report)
+    // The group logs one report and exits once, when every member has finished.
+    if (this.#group !== undefined) return this.#group.finished(report)
     // A third of the exit margin at most: the watchdog fires at half of it (see start()).
     await exitProcess(this.#options.exit, report.exitCode, report, this.#log, Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 3))
     // Still running: `exit` is false or a function that did not end the process.

@@ -15,7 +15,7 @@ export const drainOptions = {
   gracePeriod: 45_000,
   // Behind ingress-nginx and kube-proxy, endpoint removal reaches them in 1–5 s; 10 s leaves
   // room for a busy API server, and covers the readiness probe's 2 s × 2 failures (4 s).
-  // The quiet-period extension (default 1 s) covers the tail, and logs a warning when it had to.
+  // The quiet-period extension (default 2 s, or gracePeriod / 5 when less) covers the tail, and logs a warning when it had to.
   drainDelay: 10_000,
   // fastify.close() (onClose hooks: pools) and each closer get at most this much.
   closeTimeout: 5_000,
