@@ -31,12 +31,45 @@ export function parentSocket (socket: Socket): Socket | undefined {
 /**
  * `shouldKeepAlive = false` before the headers are written makes Node send
  * `Connection: close` and end the socket after the response, which is what we
- * want for every response from the first instant of the drain. It is a
- * public-but-undocumented field of OutgoingMessage; Fastify and Node's own
- * tests rely on it.
+ * want for the last response on every socket from the first instant of the
+ * drain. It is a public-but-undocumented field of OutgoingMessage; Fastify and
+ * Node's own tests rely on it. Returns whether this call turned keep-alive off
+ * (false: the headers are out already, or the request itself asked to close),
+ * so that only a mark the drain set is ever lifted (keepAliveAfterAll).
+ *
+ * Why only the *last* response on a socket (tracker.ts, #markLast): Node emits
+ * 'request' for each pipelined HTTP/1.1 request as soon as it has parsed it,
+ * without waiting for the responses before it; their responses queue behind the
+ * one being written and go out in order. A response with keep-alive off is
+ * Node's last on that socket: when it has been written, Node ends the socket
+ * (`res._last` → `socket.destroySoon()` in `resOnFinish`), and the responses
+ * queued behind it are never written, although the app has already handled
+ * their requests. Measured on Node 20: three pipelined requests, the first one
+ * marked, all three handled, one response received. `Connection: close` on an
+ * earlier response would also tell the client to stop reading there (RFC 9112
+ * §9.6). So a response says `Connection: close` only while it is the last one
+ * on its socket, and none is lost.
  */
-export function closeAfterResponse (res: ServerResponse): void {
-  if (!res.headersSent) res.shouldKeepAlive = false
+export function closeAfterResponse (res: ServerResponse): boolean {
+  if (res.headersSent || !res.shouldKeepAlive) return false
+  res.shouldKeepAlive = false
+  return true
+}
+
+/** Lifts closeAfterResponse()'s mark while the headers are still unwritten: a later pipelined response is the last one now. */
+export function keepAliveAfterAll (res: ServerResponse): void {
+  if (!res.headersSent) res.shouldKeepAlive = true
+}
+
+/**
+ * The response Node is writing on an HTTP/1 socket (`_httpMessage`) if it has not emitted
+ * 'close' yet (`_closed`). When the socket closes, Node emits 'close' on that response only;
+ * the pipelined responses queued behind it never emit anything, so the tracker has to settle
+ * them itself.
+ */
+export function attachedResponse (socket: Socket): ServerResponse | undefined {
+  const res = (socket as Socket & { _httpMessage?: ServerResponse & { _closed?: boolean } | null })._httpMessage
+  return res === null || res === undefined || res._closed === true ? undefined : res
 }
 
 /**

@@ -4,7 +4,7 @@
 import type { Socket } from 'node:net'
 import { Server as Http1Server, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { now } from '../deadline.js'
-import { closeAfterResponse, parentSocket } from './socket-internals.js'
+import { attachedResponse, closeAfterResponse, keepAliveAfterAll, parentSocket } from './socket-internals.js'
 import { recordArrival, type Arrivals } from './arrivals.js'
 import { endGracefully } from './closing.js'
 
@@ -20,6 +20,9 @@ export interface Connection {
   readonly acceptedAt: number
   /** Requests on this socket not yet answered, probes included: a socket is idle only at 0. */
   inFlight: number
+  /** Of `inFlight`, the probes and the `quietPeriodIgnore` requests: what the global counters left out. */
+  probesInFlight: number
+  backgroundInFlight: number
   /** Requests seen on this socket, probes included: a socket that has sent one is no longer fresh. */
   served: number
   /**
@@ -29,6 +32,8 @@ export interface Connection {
   bytesAtRest: number
   /** The response being written, to mark it `Connection: close` and to name its route if it is cut. */
   response: ServerResponse | undefined
+  /** HTTP/1 during the drain: the response this drain told to say `Connection: close`, the last one on the socket so far. */
+  marked: ServerResponse | undefined
   upgraded: boolean
   /** Destroyed by the drain at the budget, as opposed to closed gracefully. */
   cut: boolean
@@ -93,7 +98,7 @@ export class ConnectionTracker {
     this.#isProbe = isProbe
     this.#isBackground = isBackground
     const tracker = this
-    this.#onSocketClose = function () { tracker.forget(this[kConnection]) }
+    this.#onSocketClose = function () { tracker.#socketClosed(this[kConnection]) }
     this.#onResponseClose = function () { tracker.#responseEnded(this, false) }
     this.#onProbeClose = function () { tracker.#responseEnded(this, true) }
     server.on('connection', this.#onConnection)
@@ -186,12 +191,30 @@ export class ConnectionTracker {
     }
   }
 
-  /** From now on every response says `Connection: close`, the ones already being handled included. */
+  /**
+   * From now on the last response on every socket says `Connection: close`, the ones already
+   * being handled included (unless their headers are out: those sockets are ended once the
+   * listener closes, see #responseEnded).
+   */
   startDraining (): void {
     this.#draining = true
     for (const conn of this.#connections) {
-      if (conn.response !== undefined) closeAfterResponse(conn.response)
+      if (conn.response !== undefined && conn.streams === undefined) this.#markLast(conn, conn.response)
     }
+  }
+
+  /**
+   * During the drain, `res` is the last response on its HTTP/1 socket so far: it says
+   * `Connection: close`, and the one marked before it (a pipelined request came in behind
+   * it) no longer does while its headers are unwritten. Marking any response but the last
+   * would make Node drop the pipelined responses behind it, whose requests the app has
+   * already handled (socket-internals.ts, closeAfterResponse). If the earlier one's
+   * `Connection: close` is already written, the client was told to stop there and to retry
+   * what it pipelined after it (RFC 9112 §9.3.2): nothing on the server can change that.
+   */
+  #markLast (conn: Connection, res: ServerResponse): void {
+    if (conn.marked !== undefined && conn.marked !== res) keepAliveAfterAll(conn.marked)
+    conn.marked = closeAfterResponse(res) ? res : undefined
   }
 
   /**
@@ -229,9 +252,12 @@ export class ConnectionTracker {
       reader: socket,
       acceptedAt: now(),
       inFlight: 0,
+      probesInFlight: 0,
+      backgroundInFlight: 0,
       served: 0,
       bytesAtRest: 0,
       response: undefined,
+      marked: undefined,
       upgraded: false,
       cut: false,
       endedAt: undefined,
@@ -247,6 +273,29 @@ export class ConnectionTracker {
     if (conn === undefined) return
     tlsSocket[kConnection] = conn
     conn.reader = tlsSocket
+  }
+
+  /**
+   * A socket closed. Pipelined HTTP/1.1 responses still queued behind the one being written
+   * never emit 'close' (Node only closes the response attached to the socket), so the
+   * requests they answer are settled here, or the in-flight counts, and the quiet period
+   * that waits on them, would never come back to 0.
+   */
+  #socketClosed (conn: Connection | undefined): void {
+    if (conn !== undefined && conn.inFlight > 1 && conn.streams === undefined) {
+      const attached = attachedResponse(conn.reader)
+      const closing = attached === undefined ? 0 : 1
+      const probes = conn.probesInFlight - (closing === 1 && this.#isProbe(attached?.req.url) ? 1 : 0)
+      const background = conn.backgroundInFlight - (closing === 1 && (attached as TrackedResponse)[kBackground] === true ? 1 : 0)
+      const queued = conn.inFlight - closing
+      this.#inFlight -= queued - probes
+      this.#trafficInFlight -= queued - probes - background
+      conn.inFlight -= queued
+      conn.probesInFlight -= probes
+      conn.backgroundInFlight -= background
+      if (this.#draining && queued > probes + background) this.#lastActivityAt = now()
+    }
+    this.forget(conn)
   }
 
   /** Stops tracking `conn`: at its socket's 'close', or as soon as the closing policy destroyed it. */
@@ -267,7 +316,10 @@ export class ConnectionTracker {
     }
     if (conn === undefined) return
     conn.inFlight--
+    if (probe) conn.probesInFlight--
+    else if (background) conn.backgroundInFlight--
     if (conn.response === res) conn.response = undefined
+    if (conn.marked === res) conn.marked = undefined
     conn.streams?.delete(res)
     // Every finished response moves the mark, a probe's too: a socket whose last request was
     // a probe is as idle as any other, not one with a request arriving (issue 16).
@@ -285,9 +337,13 @@ export class ConnectionTracker {
    * request that is not a probe: counters, and one listener created once.
    */
   readonly #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    if (this.#draining) closeAfterResponse(res)
     const conn = (req.socket as TrackedSocket)[kConnection]
-    if (conn === undefined) return
+    if (conn === undefined) {
+      if (this.#draining) closeAfterResponse(res)
+      return
+    }
+    // HTTP/2 never says Connection: close (the header is forbidden there): its sessions get GOAWAY.
+    if (this.#draining && req.httpVersionMajor === 1) this.#markLast(conn, res)
     conn.inFlight++
     conn.served++
     conn.response = res
@@ -296,6 +352,7 @@ export class ConnectionTracker {
       ;(conn.streams ??= new Set()).add(res)
     }
     if (this.#isProbe(req.url)) {
+      conn.probesInFlight++
       res.on('close', this.#onProbeClose)
       return
     }
@@ -303,6 +360,7 @@ export class ConnectionTracker {
     res.on('close', this.#onResponseClose)
     if (this.#isBackground(req.url)) {
       (res as TrackedResponse)[kBackground] = true
+      conn.backgroundInFlight++
       if (this.#draining) this.#servedDuringDrain++
       return
     }
