@@ -41,12 +41,13 @@ interface Scenario {
   late?: boolean
 }
 
-// closeTimeout 2 s: no closers here, so the in-flight drain keeps the rest of the budget.
-const base = { gracePeriod: GRACE_PERIOD, closeTimeout: 2000 }
+// Only gracePeriod and drainDelay are set: everything else is the library's
+// derived default for a 10 s grace period (docker stop, Cloud Run, many charts).
+const base = { gracePeriod: GRACE_PERIOD }
 const scenarios: Scenario[] = []
 for (const mode of ['tcp', 'http'] as LbMode[]) {
   // 500 req/s: keep-alive sockets are busy every few ms, so closing an idle
-  // one at the wrong moment (the idle-socket race, DESIGN §4) would cost a request.
+  // one at the wrong moment (the idle-socket race, docs/design.md, "Connections") would cost a request.
   for (const rate of [150, 500]) {
     scenarios.push({
       name: `${mode} mode, ${rate} req/s`,
@@ -70,6 +71,7 @@ for (const mode of ['tcp', 'http'] as LbMode[]) {
     name: `${mode} mode, late load balancer`,
     mode,
     rate: 150,
+    // Exactly issue 11's case: gracePeriod 10 s and drainDelay 1 s, nothing else set.
     options: { ...base, drainDelay: 1000 },
     maintAfterMs: 3000,
     healthCheck: { path: '/readyz', interMs: 2000, fall: 2, rise: 2 },
@@ -88,8 +90,11 @@ function noFailures (t: Test, result: RollingResult, children: RunningChild[]): 
     const report = children[i]?.report()
     t.equal(exit.code, 0, `old instance ${i + 1} exited with code 0`, { exit, report })
     t.notOk(exit.killed, `old instance ${i + 1} exited by itself, ${Math.round(exit.ms)} ms after SIGTERM`)
-    // The plugin's own deadline is gracePeriod − exitMargin; the kill is at gracePeriod.
-    t.ok(exit.ms < GRACE_PERIOD, `old instance ${i + 1} exited before its deadline`)
+    // The plugin's promise is its own deadline, gracePeriod − exitMargin: the drain is over by then
+    // (measured inside the process, so a busy machine's process teardown does not blur it).
+    t.ok(report !== undefined && report.durationMs <= report.deadlineMs,
+      `old instance ${i + 1} finished its drain by its deadline (${String(report?.durationMs)} ≤ ${String(report?.deadlineMs)} ms)`)
+    t.ok(exit.ms < GRACE_PERIOD, `old instance ${i + 1} was gone before the SIGKILL`)
     t.equal(report?.requests?.cut?.length, 0, `old instance ${i + 1} cut no request`, { report })
   })
 }
@@ -112,16 +117,25 @@ if (requireHaproxy(t)) {
         }
       })
       noFailures(t, result, children)
-      if (scenario.late === true) {
-        // Honest only if the quiet period did the work: requests kept coming
-        // after drainDelay, the drain served them, waited, and said so.
-        for (const [i, child] of children.slice(0, 2).entries()) {
-          const delay = child.report()?.delay
-          const warning = child.logs.find(line => line.level === 40 && /requests kept arriving after drainDelay/.test(line.msg))
-          t.ok(warning, `old instance ${i + 1}: warned with the figures`, { warning, delay })
-          t.ok(Number(warning?.lastArrival) > 1000, `old instance ${i + 1}: a request arrived ${String(warning?.lastArrival)} ms after SIGTERM, past drainDelay`)
-          t.ok(delay?.actualMs > Number(warning?.lastArrival), `old instance ${i + 1}: the listener stayed open past it (${JSON.stringify(delay)})`)
+      // The warning is due when, and only when, traffic arrived after drainDelay: whether it did
+      // depends on how the load fell, so the assertion follows the report, not the scenario.
+      for (const [i, child] of children.slice(0, 2).entries()) {
+        const delay = child.report()?.delay
+        const warning = child.logs.find(line => line.level === 40 && /requests kept arriving after drainDelay/.test(line.msg))
+        const arrivedLate = delay?.lastArrivalMs !== undefined && delay.lastArrivalMs > delay.plannedMs && delay.extendedMs > 50
+        if (arrivedLate) {
+          t.ok(warning, `old instance ${i + 1}: traffic arrived ${String(delay?.lastArrivalMs)} ms after SIGTERM, past drainDelay: warned`, { delay })
+          t.equal(warning?.lastArrival, delay?.lastArrivalMs, `old instance ${i + 1}: the warning gives the figure`)
+          t.ok(delay.actualMs > delay.lastArrivalMs, `old instance ${i + 1}: the listener stayed open past it (${JSON.stringify(delay)})`)
+        } else {
+          t.notOk(warning, `old instance ${i + 1}: nothing arrived after drainDelay: no warning`, { delay })
         }
+      }
+      if (scenario.late === true) {
+        // Honest only if the quiet period did the work at least once in the two rollovers:
+        // the balancer removes the pod 3 s after SIGTERM, long after drainDelay (1 s).
+        const extended = children.slice(0, 2).some(child => Number(child.report()?.delay?.extendedMs) > 0)
+        t.ok(extended, 'the quiet period extended the delay past drainDelay')
       }
     })
   }
