@@ -76,6 +76,7 @@ t.test('request.drainSignal is one shared signal, unaborted until the drain budg
 })
 
 t.test('the margin: 1 s before the in-flight budget ends, or a tenth of it if that is shorter', async t => {
-  t.equal(requestSignalAt(resolveOptions({})), 30_000 - 1_000 - 5_000 - 1_000, 'defaults: 1 s before gracePeriod − exitMargin − closeTimeout')
+  // At the 30 s default the closers' share is derived: 3000 (budget.ts).
+  t.equal(requestSignalAt(resolveOptions({})), 30_000 - 1_000 - 3_000 - 1_000, 'defaults: 1 s before gracePeriod − exitMargin − closeTimeout')
   t.equal(requestSignalAt(resolveOptions(options)), 3300 - 330, 'a 3.3 s budget: 330 ms before its end')
 })
