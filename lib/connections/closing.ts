@@ -1,4 +1,8 @@
+// Longer than 150 lines because it holds the whole closing policy in one place (docs/design.md,
+// "Connections"): the scan loop, and the rules it applies per socket (idle, fresh, linger, unread
+// bytes, stalls, destroy at the budget), so that no rule can be read without the others.
 import { now, sleep } from '../deadline.js'
+import { defaults } from '../options.js'
 import { routeOf } from './arrivals.js'
 import type { Connection, ConnectionTracker } from './tracker.js'
 
@@ -27,12 +31,16 @@ export const LINGER_MS = 1_000
  * Closes sockets on the drain's schedule until none is left, `budgetMs` runs
  * out or `forced` aborts. Event-driven and linear in connections: one scan ends
  * every idle socket; the next scan runs only when a fresh or lingering socket's
- * grace runs out. Socket closes wake nothing but the last one, and a response
- * that leaves its socket to linger only brings the next scan forward:
- * re-scanning at every close took 19 s (5.7 s of CPU) to drain 10,000 idle
- * keep-alive connections.
+ * grace runs out, or when a stall could next be due. Socket closes wake nothing
+ * but the last one, and a response that leaves its socket to linger only brings
+ * the next scan forward: re-scanning at every close took 19 s (5.7 s of CPU) to
+ * drain 10,000 idle keep-alive connections.
+ *
+ * Resolves with what it destroyed as stalled (`stallTimeout`, see closeIdle) that
+ * nobody has reported yet: the drain puts it in the report's `requests.cut`.
  */
-export async function closeConnections (tracker: ConnectionTracker, budgetMs: number, forced: AbortSignal): Promise<void> {
+export async function closeConnections (tracker: ConnectionTracker, budgetMs: number, forced: AbortSignal,
+  stallTimeout: number = defaults.stallTimeout): Promise<string[]> {
   // Ends the wait at the budget, or at once if the drain is forced.
   const budget = new AbortController()
   const onForced = (): void => budget.abort()
@@ -49,7 +57,7 @@ export async function closeConnections (tracker: ConnectionTracker, budgetMs: nu
   const onTimer = (): void => { scanAt = -Infinity }
   while (tracker.size > 0 && !budget.signal.aborted) {
     if (now() >= scanAt) {
-      const recheck = closeIdle(tracker)
+      const recheck = closeIdle(tracker, stallTimeout)
       scanAt = recheck === undefined ? Infinity : now() + recheck
     }
     // One timer per scan time, not per wake-up.
@@ -63,19 +71,47 @@ export async function closeConnections (tracker: ConnectionTracker, budgetMs: nu
   }
   forced.removeEventListener('abort', onForced)
   budget.abort()
+  return tracker.takeEarlyCuts()
 }
 
 /**
- * Closes the sockets that can be closed without cutting a request, and
- * returns the delay after which it should be called again (fresh sockets,
- * lingering ones), or undefined. By the time it runs the load balancer has
+ * Closes the sockets that can be closed without cutting a request, destroys
+ * the ones stalled in the middle of a request, and returns the delay after
+ * which it should be called again (fresh sockets, lingering ones, a stall that
+ * could be due), or undefined. By the time it runs the load balancer has
  * stopped sending, so an idle socket is idle for good.
+ *
+ * Stalls: a socket whose client owes us bytes (part of a request head, or of a
+ * body being read) and has sent none for `stallTimeout` is destroyed and named
+ * `(stalled request)` in the report. Without this, one packet (a TLS ClientHello
+ * cut short, half a request line) held the drain to its budget, and Node's own
+ * `headersTimeout` (60 s) is longer than any budget. Progress is sampled only at
+ * scans, so no timer or listener is set per socket: a byte count that moved
+ * since the last scan restarts the clock at this scan, so a stall is cut no
+ * sooner than `stallTimeout` after the client's last byte (and at most twice
+ * that), and a slow upload that keeps sending is never cut before the budget.
  */
-export function closeIdle (tracker: ConnectionTracker): number | undefined {
+export function closeIdle (tracker: ConnectionTracker, stallTimeout: number = defaults.stallTimeout): number | undefined {
   tracker.startClosing()
   const at = now()
   let recheck = Infinity
   for (const conn of tracker.connections) {
+    if (waitingOnClient(tracker, conn)) {
+      const read = conn.reader.bytesRead
+      if (read !== conn.stallBytes) {
+        conn.stallBytes = read
+        conn.stallSince = at
+      }
+      const dueIn = conn.stallSince + stallTimeout - at
+      if (dueIn <= 0) {
+        cutStalled(tracker, conn)
+        continue
+      }
+      recheck = Math.min(recheck, dueIn)
+    } else {
+      // Not waiting now (answered, paused by us): the clock starts afresh if it waits again.
+      conn.stallBytes = -1
+    }
     if (conn.upgraded || conn.inFlight > 0) continue
     // Unread bytes: a request is arriving (or a slowloris is trickling one); never cut it here.
     if (conn.reader.bytesRead > conn.bytesAtRest) continue
@@ -121,9 +157,41 @@ export function endGracefully (conn: Connection): boolean {
   return true
 }
 
-/** The budget is spent: destroys every socket still open; returns what was cut, for the report. */
+/**
+ * Whether `conn`'s client owes the server bytes: part of a request head with
+ * nothing in flight (bytes beyond the last response's rest mark), or the body of
+ * the request being handled. Not when the server itself stopped reading (a paused
+ * socket: a handler not consuming its body, or responses backing up), and never
+ * on an upgraded socket or an HTTP/2 session (its control frames are always
+ * "unread", and Node bounds sessions itself), except while a TLS handshake is
+ * still under way: a ClientHello cut short is a stall on any TLS server.
+ */
+function waitingOnClient (tracker: ConnectionTracker, conn: Connection): boolean {
+  if (conn.upgraded) return false
+  if (!tracker.http1 && !(tracker.secure && conn.reader === conn.socket)) return false
+  if (conn.reader.isPaused()) return false
+  if (conn.inFlight === 0) return conn.reader.bytesRead > conn.bytesAtRest
+  const req = conn.response?.req
+  return req !== undefined && !req.complete
+}
+
+/** Destroys a stalled socket at once, counted as forced and named in the report: `(stalled request)`, with the route if its body stalled. */
+function cutStalled (tracker: ConnectionTracker, conn: Connection): void {
+  const routes = conn.inFlight === 0 || conn.response === undefined
+    ? ['(stalled request)']
+    : [`(stalled request) ${routeOf(conn.response.req)}`]
+  for (let i = 1; i < conn.inFlight; i++) routes.push('(pipelined request)')
+  tracker.cutEarly(conn, routes)
+  conn.socket.destroy()
+  tracker.forget(conn)
+}
+
+/**
+ * The budget is spent: destroys every socket still open; returns what was cut,
+ * for the report, with what was cut as stalled before and not reported yet.
+ */
 export function destroyRemaining (tracker: ConnectionTracker): string[] {
-  const cut: string[] = []
+  const cut: string[] = tracker.takeEarlyCuts()
   for (const conn of tracker.connections) {
     if (conn.streams !== undefined && conn.streams.size > 0) for (const res of conn.streams) cut.push(routeOf(res.req))
     else if (conn.response !== undefined) cut.push(routeOf(conn.response.req))

@@ -3,6 +3,8 @@
 // created once, with no closure or object per request (docs/design.md, "Connections").
 import type { Socket } from 'node:net'
 import { Server as Http1Server, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { Server as HttpsServer } from 'node:https'
+import { Server as TlsServer } from 'node:tls'
 import { now } from '../deadline.js'
 import { attachedResponse, closeAfterResponse, keepAliveAfterAll, parentSocket } from './socket-internals.js'
 import { recordArrival, type Arrivals } from './arrivals.js'
@@ -37,6 +39,10 @@ export interface Connection {
   upgraded: boolean
   /** Destroyed by the drain at the budget, as opposed to closed gracefully. */
   cut: boolean
+  /** `reader.bytesRead` when the closing policy last saw it change while waiting on the client (-1: not waiting). */
+  stallBytes: number
+  /** Monotonic time of that sighting: no byte since then means no progress since then (closing.ts, stalls). */
+  stallSince: number
   /** Monotonic time the drain saw this socket's write side ended with no request left on it. */
   endedAt: number | undefined
   /** HTTP/2 only: the streams in flight on the session, so each is named if it is cut. */
@@ -67,6 +73,8 @@ export class ConnectionTracker {
   readonly #server: Server
   /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
   readonly #plainHttp1: boolean
+  readonly #http1: boolean
+  readonly #secure: boolean
   readonly #isProbe: (url: string | undefined) => boolean
   readonly #isBackground: (url: string | undefined) => boolean
   readonly #connections = new Set<Connection>()
@@ -83,6 +91,8 @@ export class ConnectionTracker {
   #servedDuringDrain = 0
   #closedGracefully = 0
   #destroyed = 0
+  /** What the closing policy destroyed before the budget (stalled requests), not yet handed to the report. */
+  #earlyCuts: string[] = []
 
   // Plain functions, created once per tracker, because Node calls them with the
   // socket or response as `this`; private fields stay reachable through `tracker`.
@@ -95,6 +105,8 @@ export class ConnectionTracker {
     isBackground: (url: string | undefined) => boolean = () => false) {
     this.#server = server
     this.#plainHttp1 = server instanceof Http1Server
+    this.#http1 = this.#plainHttp1 || server instanceof HttpsServer
+    this.#secure = server instanceof TlsServer
     this.#isProbe = isProbe
     this.#isBackground = isBackground
     const tracker = this
@@ -136,6 +148,27 @@ export class ConnectionTracker {
   /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
   get plainHttp1 (): boolean {
     return this.#plainHttp1
+  }
+
+  /** An HTTP/1 server, plain or TLS (not HTTP/2): its requests arrive as bytes the parser waits on. */
+  get http1 (): boolean {
+    return this.#http1
+  }
+
+  /** A TLS server (HTTPS, or HTTP/2 over TLS): a socket is in its handshake until 'secureConnection'. */
+  get secure (): boolean {
+    return this.#secure
+  }
+
+  /** The closing policy destroyed `conn` before the budget (closing.ts, stalls): counted as forced, and `routes` named in the report. */
+  cutEarly (conn: Connection, routes: readonly string[]): void {
+    this.markCut(conn)
+    this.#earlyCuts.push(...routes)
+  }
+
+  /** The routes cut before the budget that no one has reported yet; each is handed out once. */
+  takeEarlyCuts (): string[] {
+    return this.#earlyCuts.splice(0)
   }
 
   /** The listener is closed: from now on a response that ends also ends its socket (see #responseEnded). */
@@ -260,6 +293,8 @@ export class ConnectionTracker {
       marked: undefined,
       upgraded: false,
       cut: false,
+      stallBytes: -1,
+      stallSince: 0,
       endedAt: undefined,
       streams: undefined
     }
