@@ -14,8 +14,8 @@ type Listen = (...args: unknown[]) => unknown
 
 /**
  * Serves the probes (and the preStop endpoint) on a listener of their own, a
- * second, bare Fastify instance, so the routes in probes.ts and prestop.ts
- * serve both ports unchanged. It stays open through the whole drain, after
+ * second, bare Fastify instance, served there as on the main port (answered
+ * before any hook, probe-first.ts), byte for byte the same. It stays open through the whole drain, after
  * the main listener has closed, so the kubelet reads `draining` instead of
  * "connection refused" (which a liveness probe would count as a failure).
  *

@@ -4,12 +4,13 @@ import type { Drain } from '../drain.js'
 import type { DrainState } from '../state.js'
 import type { DrainParticipant } from '../participants.js'
 import { InvalidOptionError } from '../errors.js'
-import { probePaths, registerProbes, type ProbeSource } from './probes.js'
+import { probeEndpoints, probePaths, type ProbeSource } from './probes.js'
+import { answerBeforeHooks, registerEndpoints } from './probe-first.js'
 import { Checks, namedChecks, type Check } from './checks.js'
 import { EVENT_LOOP_CHECK, EventLoopDelay, eventLoopCheck } from './event-loop.js'
 import { StartupTasks } from './startup-tasks.js'
 import { createHealthPort, type HealthPort } from './health-port.js'
-import { registerPreStop } from './prestop.js'
+import { preStopEndpoint } from './prestop.js'
 
 export interface KubernetesWiring {
   /** `fastify.drain.startupTask()`: readiness says 'starting' until `task` resolves. */
@@ -72,16 +73,25 @@ export function setupKubernetes (app: FastifyInstance, options: ResolvedOptions,
     livenessFailing: async () => await live.checks?.failingCheck()
   }
   const participants: DrainParticipant[] = []
-  const routes = (target: FastifyInstance): void => {
-    registerProbes(target, options, source)
-    if (options.preStop === false) return
-    participants.push(registerPreStop(target, { ...options.preStop, drainDelay: options.drainDelay, logLevel: options.probeLogLevel }, drain, log))
+  const endpoints = probeEndpoints(options, source)
+  if (options.preStop !== false) {
+    const preStop = preStopEndpoint({ ...options.preStop, drainDelay: options.drainDelay }, drain, log)
+    endpoints.push(preStop.endpoint)
+    participants.push(preStop.participant)
+  }
+  // On the main port or the health port: answered before the app's hooks, and routes for inject().
+  const serve = (target: FastifyInstance): void => {
+    registerEndpoints(target, endpoints, options.probeLogLevel)
+    if (!answerBeforeHooks(target, endpoints, options.probeLogLevel)) {
+      log.warn('the probes go through the app\'s hooks (auth, rate limits, under-pressure): Fastify\'s request handler ' +
+        'is not a listener of the server (a serverFactory that wraps it?); set healthPort to keep them apart')
+    }
   }
 
   let health: HealthPort | undefined
-  if (options.healthPort === undefined) routes(app)
+  if (options.healthPort === undefined) serve(app)
   else {
-    health = createHealthPort(app, options.healthPort, options.healthHost, options.probeLogLevel, log, routes)
+    health = createHealthPort(app, options.healthPort, options.healthHost, options.probeLogLevel, log, serve)
     // Open until the drain's end (the kubelet keeps probing through it), and closed by a plain app.close() too.
     const port = health
     participants.push({ name: 'health-port', dispose: async () => { await port.close() } })

@@ -1,14 +1,14 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fastify'
+import type { FastifyBaseLogger } from 'fastify'
 import type { Drain } from '../drain.js'
 import type { DrainParticipant } from '../participants.js'
 import { sleep, type Deadline } from '../deadline.js'
+import type { Endpoint, ProbeRequest } from './probe-first.js'
 
 export interface PreStopOptions {
   readonly path: string
   readonly token: string | undefined
   readonly drainDelay: number
-  readonly logLevel: string
 }
 
 /**
@@ -19,40 +19,45 @@ export interface PreStopOptions {
  * drain's deadline starts here, as Kubernetes counts preStop time against
  * terminationGracePeriodSeconds.
  *
- * Anyone who reaches it can take the pod out of service, so it is registered
+ * Anyone who reaches it can take the pod out of service, so it is served
  * only on the health port or with a token; without the right token it answers
- * 403 and starts nothing.
+ * 403 and starts nothing. Like the probes, it is answered before the app's
+ * hooks (probe-first.ts): an app-wide auth hook cannot turn the kubelet's call into a 401.
  */
-export function registerPreStop (app: FastifyInstance, options: PreStopOptions, drain: Drain, log: FastifyBaseLogger): DrainParticipant {
+export function preStopEndpoint (options: PreStopOptions, drain: Drain, log: FastifyBaseLogger): { endpoint: Endpoint, participant: DrainParticipant } {
   const expected = options.token === undefined ? undefined : digest(options.token)
   // A drain forced to end early (deadline, second signal) must not leave the hook waiting.
   const ended = new AbortController()
   const end = (): void => ended.abort()
-  const handler = async (request: FastifyRequest, reply: FastifyReply) => {
-    reply.header('cache-control', 'no-store')
+  const answer = async (request: ProbeRequest) => {
     if (expected !== undefined && !timingSafeEqual(digest(presentedToken(request)), expected)) {
       // The plugin's logger, not the request's: that one logs at the (silent) probe level.
       log.warn({ ip: request.ip }, 'preStop endpoint called without the right token: nothing started')
-      return reply.code(403).send({ error: 'Forbidden' })
+      return { statusCode: 403, body: { error: 'Forbidden' } }
     }
     // Idempotent: a repeated call joins the drain already running and waits out the same delay.
     drain.start('prestop').catch(() => {})
     const deadline = drain.deadline as Deadline
     await sleep(deadline.until(options.drainDelay), ended.signal)
-    return { status: 'draining', waitedMs: Math.round(deadline.elapsed()) }
+    return { statusCode: 200, body: { status: 'draining', waitedMs: Math.round(deadline.elapsed()) } }
   }
-  // GET is what `httpGet` sends; POST for people who call it by hand (curl -X POST), as it changes state.
-  // No automatic HEAD route: a monitoring HEAD request must not take the pod out of service.
-  app.route({ method: ['GET', 'POST'], url: options.path, logLevel: options.logLevel as LogLevel, exposeHeadRoute: false, handler })
-  return { name: 'prestop', budgetSpent: end, closed: end }
+  return {
+    // GET is what `httpGet` sends; POST for people who call it by hand (curl -X POST), as it changes state.
+    // No HEAD: a monitoring HEAD request must not take the pod out of service.
+    endpoint: { path: options.path, methods: ['GET', 'POST'], answer },
+    participant: { name: 'prestop', budgetSpent: end, closed: end }
+  }
 }
 
-/** `Authorization: Bearer <token>` or `?token=<token>`; '' when neither. */
-function presentedToken (request: FastifyRequest): string {
+/** `Authorization: Bearer <token>` or a single `?token=<token>`; '' when neither. */
+function presentedToken (request: ProbeRequest): string {
   const auth = request.headers.authorization
   if (typeof auth === 'string' && auth.startsWith('Bearer ')) return auth.slice(7).trim()
-  const query = request.query as Record<string, unknown> | undefined
-  return typeof query?.token === 'string' ? query.token : ''
+  const query = request.url.indexOf('?')
+  if (query === -1) return ''
+  const tokens = new URLSearchParams(request.url.slice(query + 1)).getAll('token')
+  // Two tokens are no token, as with Fastify's query parser (an array, not a string).
+  return tokens.length === 1 ? tokens[0] as string : ''
 }
 
 /**

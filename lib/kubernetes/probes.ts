@@ -1,6 +1,6 @@
-import type { FastifyInstance, LogLevel } from 'fastify'
 import type { ResolvedOptions } from '../options.js'
 import type { DrainState } from '../state.js'
+import type { Endpoint } from './probe-first.js'
 
 /** What the probes need to know; the checks (checks.ts) and the startup tasks plug in here. */
 export interface ProbeSource {
@@ -54,16 +54,11 @@ export async function liveness (source: ProbeSource): Promise<ProbeAnswer> {
   return { statusCode: 200, body: { status: 'alive', state } }
 }
 
-/** Registers `/readyz` and `/livez` on `app`. */
-export function registerProbes (app: FastifyInstance, options: ResolvedOptions, source: ProbeSource): void {
-  const logLevel = options.probeLogLevel as LogLevel
-  const route = (path: string, answer: (source: ProbeSource) => Promise<ProbeAnswer>): void => {
-    app.get(path, { logLevel }, async (_request, reply) => {
-      reply.header('cache-control', 'no-store')
-      const { statusCode, body } = await answer(source)
-      return reply.code(statusCode).send(body)
-    })
-  }
-  if (options.readiness !== false) route(options.readiness.path, readiness)
-  if (options.liveness !== false) route(options.liveness.path, liveness)
+/** `/readyz` and `/livez` as endpoints (probe-first.ts serves them): GET, and HEAD for the headers alone. */
+export function probeEndpoints (options: ResolvedOptions, source: ProbeSource): Endpoint[] {
+  const endpoints: Endpoint[] = []
+  const methods = ['GET', 'HEAD']
+  if (options.readiness !== false) endpoints.push({ path: options.readiness.path, methods, answer: async () => await readiness(source) })
+  if (options.liveness !== false) endpoints.push({ path: options.liveness.path, methods, answer: async () => await liveness(source) })
+  return endpoints
 }
