@@ -1,7 +1,7 @@
 // Rolling restarts through a real HAProxy and a real nginx, for this plugin
 // and the libraries users would pick instead, at equal timing budgets
 // (bench/servers/common.ts). The scenarios are test/rolling.test.ts's and
-// test/rolling-nginx.test.ts's (test/helpers/rolling.ts): load over 128
+// test/rolling-nginx.test.ts's (scripts/support/rolling.ts): load over 128
 // keep-alive connections, 10 % slow requests (0.2–2 s), rollovers A→B→C,
 // endpoint removal shortly after SIGTERM (HAProxy: `maint`, plus health
 // checks on /readyz; nginx: a reload), SIGKILL at the grace period. Prints one
@@ -15,12 +15,12 @@
 import { fork, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
-import { haproxyAvailable } from '../test/helpers/haproxy.js'
-import type { HealthCheckOptions, LbMode } from '../test/helpers/haproxy.js'
-import { nginxAvailable, nginxBalancer, nginxVersion } from '../test/helpers/nginx.js'
-import type { NginxVerdict } from '../test/helpers/nginx.js'
-import { FAILURE_COLUMNS, failureColumn, runRolling } from '../test/helpers/rolling.js'
-import type { FailureColumn, Instance, RollingResult } from '../test/helpers/rolling.js'
+import { haproxyAvailable } from '../scripts/support/haproxy.js'
+import type { HealthCheckOptions, LbMode } from '../scripts/support/haproxy.js'
+import { nginxAvailable, nginxBalancer, nginxVersion } from '../scripts/support/nginx.js'
+import type { NginxVerdict } from '../scripts/support/nginx.js'
+import { FAILURE_COLUMNS, failureColumn, runRolling } from '../scripts/support/rolling.js'
+import type { FailureColumn, Instance, RollingResult } from '../scripts/support/rolling.js'
 
 const GRACE_PERIOD = 10_000
 
@@ -139,7 +139,7 @@ function exitColumns (result: Row['result']): string {
 }
 
 /**
- * nginx's table sorts each failure by its access log (test/helpers/nginx.ts):
+ * nginx's table sorts each failure by its access log (scripts/support/nginx.ts):
  * what it answered for a request it read, or a reload artefact for a request
  * it never read on a client connection that closed under it.
  */

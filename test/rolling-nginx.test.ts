@@ -1,5 +1,5 @@
 // The rolling-restart proof behind a second real load balancer: nginx, as an
-// ingress controller runs it (test/helpers/nginx.ts). It keeps its own
+// ingress controller runs it (scripts/support/nginx.ts). It keeps its own
 // keep-alive pool to the pods (`keepalive 32`), has no health checks, and
 // learns of every endpoint change by a reload: the new pod is added by one,
 // the old one removed by another `maintAfterMs` after its SIGTERM.
@@ -33,16 +33,16 @@ import { resolveOptions } from 'fastify-graceful-drain'
 import type { GracefulDrainOptions } from '../lib/index.js'
 import { startChild, killChild } from './helpers/child.js'
 import type { RunningChild } from './helpers/child.js'
-import { nginxBalancer, requireNginx } from './helpers/nginx.js'
-import type { NginxVerdict } from './helpers/nginx.js'
-import { runRolling } from './helpers/rolling.js'
-import type { Instance, RollingResult } from './helpers/rolling.js'
+import { nginxBalancer, requireNginx } from '../scripts/support/nginx.js'
+import type { NginxVerdict } from '../scripts/support/nginx.js'
+import { runRolling } from '../scripts/support/rolling.js'
+import type { Instance, RollingResult } from '../scripts/support/rolling.js'
 
 // Six runs of 20–38 s one after the other (each starts three app processes):
 // 2.5–3.5 min measured on a shared 2-core machine; the same guard as test/rolling.test.ts.
 t.setTimeout(360_000)
 
-/** The longest request of the load (test/helpers/rolling.ts: 10 % slow, 0.2–2 s). */
+/** The longest request of the load (scripts/support/rolling.ts: 10 % slow, 0.2–2 s). */
 const SLOWEST_REQUEST = 2000
 
 interface Scenario {

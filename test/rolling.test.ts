@@ -7,7 +7,7 @@
 //          to the backends (`http-reuse always`).
 // Two rollovers (A→B, B→C) per scenario, under fixed-rate load over 128
 // keep-alive connections (enough that requests never queue in the client's
-// pool, see test/helpers/rolling.ts), 10 % slow requests (0.2–2 s). Any non-200, reset,
+// pool, see scripts/support/rolling.ts), 10 % slow requests (0.2–2 s). Any non-200, reset,
 // closed-without-response or timeout fails the test, and every old instance
 // must exit by itself with code 0 before the SIGKILL.
 //
@@ -18,12 +18,12 @@
 
 import t from 'tap'
 import type { Test } from 'tap'
-import { requireHaproxy } from './helpers/haproxy.js'
-import type { LbMode } from './helpers/haproxy.js'
+import { requireHaproxy } from '../scripts/support/haproxy.js'
+import type { LbMode } from '../scripts/support/haproxy.js'
 import { startChild, killChild } from './helpers/child.js'
 import type { RunningChild } from './helpers/child.js'
-import { runRolling } from './helpers/rolling.js'
-import type { RollingResult } from './helpers/rolling.js'
+import { runRolling } from '../scripts/support/rolling.js'
+import type { RollingResult } from '../scripts/support/rolling.js'
 import type { GracefulDrainOptions } from '../lib/index.js'
 
 // Six scenarios of ~15 s each, one after the other, on a shared 2-core machine.

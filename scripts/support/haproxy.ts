@@ -18,7 +18,6 @@
 import { spawn, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import type { Test } from 'tap'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -154,10 +153,19 @@ export function haproxyAvailable (): boolean {
 }
 
 /**
+ * What `requireHaproxy` and `requireNginx` need of a tap `Test`, stated
+ * structurally so that scripts/support does not depend on tap.
+ */
+export interface SkippableTest {
+  fail (message: string): unknown
+  skip (message: string, fn: () => void): unknown
+}
+
+/**
  * True when HAProxy is installed. Otherwise the test is skipped with the package
  * to install — or failed under CI=true, where a skip would silently drop the proof.
  */
-export function requireHaproxy (t: Pick<Test, 'fail' | 'skip'>): boolean {
+export function requireHaproxy (t: SkippableTest): boolean {
   if (haproxyAvailable()) return true
   const msg = 'haproxy binary not found: install the Debian/Ubuntu package `haproxy` (apt-get install -y haproxy)'
   if (process.env.CI === 'true') t.fail(msg)

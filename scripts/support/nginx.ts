@@ -30,8 +30,8 @@ import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Test } from 'tap'
-import type { FailureSample, LoadResult } from '../../scripts/support/load.js'
+import type { FailureSample, LoadResult } from './load.js'
+import type { SkippableTest } from './haproxy.js'
 import type { Balancer } from './rolling.js'
 
 export interface NginxOptions {
@@ -134,7 +134,7 @@ export function nginxVersion (): string | undefined {
  * True when nginx is installed. Otherwise the test is skipped with the package
  * to install — or failed under CI=true, where a skip would silently drop the proof.
  */
-export function requireNginx (t: Pick<Test, 'fail' | 'skip'>): boolean {
+export function requireNginx (t: SkippableTest): boolean {
   if (nginxAvailable()) return true
   const msg = 'nginx binary not found: install the Debian/Ubuntu package `nginx` (apt-get install -y nginx)'
   if (process.env.CI === 'true') t.fail(msg)
@@ -484,7 +484,7 @@ export async function nginxVerdict (nginx: Nginx, load: LoadResult, loadStartedA
 }
 
 /**
- * nginx as test/helpers/rolling.ts drives it: each endpoint change is a new
+ * nginx as scripts/support/rolling.ts drives it: each endpoint change is a new
  * upstream list and a reload; the load sends request ids; the report sorts the
  * failures with nginx's logs.
  */

@@ -1,5 +1,5 @@
 // A rolling deployment replayed through a real load balancer — HAProxy (the
-// default) or nginx (test/helpers/nginx.ts) — shared by test/rolling.test.ts
+// default) or nginx (scripts/support/nginx.ts) — shared by test/rolling.test.ts
 // and test/rolling-nginx.test.ts (the proofs, in CI) and bench/rolling.ts (the
 // same scenarios for the peers).
 //
@@ -17,8 +17,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { startHaproxy } from './haproxy.js'
 import type { HealthCheckOptions, LbMode } from './haproxy.js'
-import { startLoad } from '../../scripts/support/load.js'
-import type { LoadOptions, LoadResult } from '../../scripts/support/load.js'
+import { startLoad } from './load.js'
+import type { LoadOptions, LoadResult } from './load.js'
 
 /** One running server process: what the scenario needs from it. */
 export interface Instance {
