@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import type { FastifyInstance } from 'fastify'
 import type { Deadline } from '../deadline.js'
 import type { DrainParticipant } from '../participants.js'
@@ -26,6 +27,11 @@ export function requestSignalAt (options: ResolvedOptions): number {
  */
 export function requestSignalParticipant (fastify: FastifyInstance, options: ResolvedOptions): DrainParticipant {
   const controller = new AbortController()
+  // Every request that passes it to a query or listens on it adds an abort listener to this one signal: as many
+  // as there are requests in flight, each gone when its request ends. Node's limit (10) is a leak detector for
+  // emitters whose listeners should stay few; here any number is load, not a leak, and a finite limit would only
+  // move the false warning to a busier server. 0 is no limit.
+  setMaxListeners(0, controller.signal)
   let timer: NodeJS.Timeout | undefined
   const abort = (why: string): void => {
     clearTimeout(timer)
