@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { InvalidCloserError, errorMessage } from './errors.js'
 import { now } from './deadline.js'
 import { bounded } from './bounded.js'
@@ -40,9 +41,81 @@ export function validateCloser (name: unknown, fn: unknown, options: unknown): a
   }
 }
 
+/** The closer run an uncaught exception belongs to, if it was thrown from code that run started. */
+const closerRun = new AsyncLocalStorage<object>()
+/** The error the uncaughtException being emitted right now is, if a closer run has claimed it. */
+let claimed: { error: unknown } | undefined
+
+/**
+ * Whether `error`, the uncaughtException being emitted, was thrown by a closer
+ * or by the app's onClose hooks and is already reported as that closer's
+ * outcome. Another 'uncaughtException' listener (drainOnCrash's) should then
+ * leave it alone: the drain goes on with the next closer.
+ */
+export function claimedByCloser (error: unknown): boolean {
+  return claimed !== undefined && claimed.error === error
+}
+
+/**
+ * Runs `fn(signal)` and settles with it, or rejects with an exception that code
+ * it started throws later, outside any promise: the throw is the closer's
+ * outcome ('error'), not the end of the process.
+ *
+ * Why at the process level: a callback-style onClose hook, `(instance, done) =>
+ * { throw … }`, is called by avvio's close queue (a fastq worker started from
+ * `process.nextTick`) with no try/catch around it, and so are 1-argument and
+ * 0-argument hooks whose body throws before returning a promise
+ * (node_modules/avvio/index.js: closeWithCbOrNextTick → encapsulateTwoParam;
+ * Fastify's hookRunnerApplication catches this for preClose, not for onClose).
+ * The throw becomes an uncaught exception; the hook never calls `done`, so the
+ * queue stops there and fastify.close() never settles. No public API of Fastify
+ * or avvio reaches that frame, so the only depth at which it can be caught is
+ * the process's 'uncaughtException', and only while this closer runs. An
+ * AsyncLocalStorage run ties the exception to the code this closer started
+ * (avvio's ticks inherit it), so an unrelated crash at the same moment is left
+ * to Node's default (or the app's own listener), and drainOnCrash can tell the
+ * two apart (claimedByCloser). The app's onClose hooks queued after the one that
+ * threw never run: avvio's queue is stuck, so fastify.close() is reported as
+ * 'error' at once and the closers added with addCloser() run next.
+ */
+export function catchUncaught (fn: CloserFunction, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const run = {}
+    const onUncaught = (error: unknown): void => {
+      if (closerRun.getStore() !== run) {
+        // Not ours. Alone, this listener would swallow the crash: let Node's default handle it.
+        if (process.listenerCount('uncaughtException') === 1) {
+          stop()
+          process.nextTick(() => { throw error })
+        }
+        return
+      }
+      claimed = { error }
+      // Other listeners run in this same emit; afterwards the claim means nothing.
+      process.nextTick(() => { if (claimed?.error === error) claimed = undefined })
+      settle(reject, error)
+    }
+    const stop = (): void => {
+      process.removeListener('uncaughtException', onUncaught)
+      signal.removeEventListener('abort', stop)
+    }
+    const settle = (how: (value?: any) => void, value?: unknown): void => {
+      stop()
+      how(value)
+    }
+    // Prepended, so the claim is made before any other listener (drainOnCrash's) sees the error.
+    process.prependListener('uncaughtException', onUncaught)
+    // Timed out or cut short: runBounded has settled the outcome; leave the process as it was.
+    signal.addEventListener('abort', stop, { once: true })
+    closerRun.run(run, () => (async () => { await fn(signal) })())
+      .then(() => settle(resolve), (error: unknown) => settle(reject, error))
+  })
+}
+
 /**
  * Runs `fn` bounded by `timeout`: settles exactly once with the outcome,
- * whether `fn` returns, throws synchronously, rejects or never settles.
+ * whether `fn` returns, throws synchronously, rejects, throws later from code
+ * it started (catchUncaught) or never settles.
  * `stop` (a forced end of the drain) cuts it short like its own timeout.
  */
 export async function runBounded (name: string, fn: CloserFunction, timeout: number, stop?: AbortSignal): Promise<CloserOutcome> {
@@ -55,8 +128,8 @@ export async function runBounded (name: string, fn: CloserFunction, timeout: num
     ...(error === undefined ? {} : { error: errorMessage(error) })
   })
   if (timeout <= 0) return finish('skipped', 'no time left in the budget')
-  // The async wrapper turns a synchronous throw into a rejection, so it is caught like one.
-  const ran = (): Promise<CloserOutcome> => (async () => { await fn(controller.signal) })()
+  // A synchronous throw becomes a rejection, and so does an uncaught throw from code fn started.
+  const ran = (): Promise<CloserOutcome> => catchUncaught(fn, controller.signal)
     .then(() => finish('ok'), (error: unknown) => finish('error', error))
   return await bounded(ran, timeout, () => {
     controller.abort(new Error(`closer "${name}" timed out after ${timeout} ms`))
