@@ -117,14 +117,48 @@ export class ConnectionTracker {
     server.on('secureConnection', this.#onSecureConnection)
     // Prepended so the drain marks the response before Fastify starts writing it.
     server.prependListener('request', this.#onRequest)
-    server.on('upgrade', this.#onUpgrade)
+    // Upgrades are tracked only while the app itself listens for them: see #onListenerAdded.
+    server.on('newListener', this.#onListenerAdded)
+    server.on('removeListener', this.#onListenerRemoved)
+    if (server.listenerCount('upgrade') > 0) this.#watchUpgrades(true)
   }
 
   detach (): void {
     this.#server.removeListener('connection', this.#onConnection)
     this.#server.removeListener('secureConnection', this.#onSecureConnection)
     this.#server.removeListener('request', this.#onRequest)
-    this.#server.removeListener('upgrade', this.#onUpgrade)
+    this.#server.removeListener('newListener', this.#onListenerAdded)
+    this.#server.removeListener('removeListener', this.#onListenerRemoved)
+    this.#watchUpgrades(false)
+  }
+
+  #watchingUpgrades = false
+
+  #watchUpgrades (on: boolean): void {
+    if (on === this.#watchingUpgrades) return
+    this.#watchingUpgrades = on
+    if (on) this.#server.on('upgrade', this.#onUpgrade)
+    else this.#server.removeListener('upgrade', this.#onUpgrade)
+  }
+
+  /**
+   * The tracker listens for 'upgrade' only while someone else does (@fastify/websocket, the
+   * app). Node hands a request with an `Upgrade` header to the 'upgrade' listeners whenever
+   * there is one, and answers it as a normal request when there is none
+   * (`server.listenerCount('upgrade') > 0` in _http_server.js, parserOnIncoming). A listener
+   * of ours alone made every such request (curl --http2's `Upgrade: h2c`, `Upgrade: websocket`
+   * to any route) vanish unanswered into it, and its socket outside Node's request timeouts.
+   * 'newListener' is emitted before the app's listener is added, so ours comes first.
+   */
+  readonly #onListenerAdded = (event: string | symbol, listener: unknown): void => {
+    if (event === 'upgrade' && listener !== this.#onUpgrade) this.#watchUpgrades(true)
+  }
+
+  /** 'removeListener' comes after the removal: once only ours is left, ours goes too. */
+  readonly #onListenerRemoved = (event: string | symbol, listener: unknown): void => {
+    if (event !== 'upgrade') return
+    if (listener === this.#onUpgrade) this.#watchingUpgrades = false
+    else if (this.#watchingUpgrades && this.#server.listenerCount('upgrade') === 1) this.#watchUpgrades(false)
   }
 
   get inFlight (): number {
