@@ -4,6 +4,7 @@
 import { now, sleep } from '../deadline.js'
 import { defaults } from '../options.js'
 import { routeOf } from './arrivals.js'
+import { closeListener, keepConnectionsOnClose } from './socket-internals.js'
 import type { Connection, ConnectionTracker } from './tracker.js'
 
 /**
@@ -26,6 +27,19 @@ export const FRESH_SOCKET_GRACE_MS = 1_000
  * destroying it, so a peer that never closes its half cannot hold the drain.
  */
 export const LINGER_MS = 1_000
+
+/**
+ * Stops accepting on every server the app listens on (the main one, and those
+ * Fastify opened beside it for `localhost`), leaving every open socket to
+ * closeConnections(). The secondary servers' own close() is made to do the
+ * same first: Fastify calls it as soon as the main server has no connection left.
+ */
+export function closeListeners (tracker: ConnectionTracker): void {
+  const [main, ...secondary] = tracker.servers
+  for (const server of secondary) keepConnectionsOnClose(server)
+  if (main !== undefined) closeListener(main)
+  for (const server of secondary) closeListener(server)
+}
 
 /**
  * Closes sockets on the drain's schedule until none is left, `budgetMs` runs

@@ -20,6 +20,47 @@ export function closeListener (server: HttpServer | NetServer): void {
 }
 
 /**
+ * The servers Fastify opened beside `app.server` when it was told to listen on
+ * a host that resolves to several addresses (`listen({ host: 'localhost' })`
+ * binds 127.0.0.1 and ::1: its `multipleBindings`, lib/server.js). Fastify 5
+ * keeps them only in an array under a symbol of its own, `Symbol('fastify.serverBindings')`
+ * (lib/symbols.js, not `Symbol.for`, so it cannot be looked up), and exposes them
+ * nowhere else: `app.addresses()` gives their addresses, not the servers. The
+ * drain has to close, watch and wait on every one of them, so the symbol is
+ * found by its description, on the instance or its prototypes (an encapsulated
+ * context inherits the root's). A Fastify that renames it yields [] here: the
+ * secondary servers would then be closed by Fastify's own close() only, as before.
+ */
+export function secondaryServers (app: object): NetServer[] {
+  for (let target: object | null = app; target !== null; target = Object.getPrototypeOf(target) as object | null) {
+    const key = Object.getOwnPropertySymbols(target).find(symbol => symbol.description === 'fastify.serverBindings')
+    if (key === undefined) continue
+    const servers: unknown = (target as Record<symbol, unknown>)[key]
+    return Array.isArray(servers) ? servers.filter((server): server is NetServer => server instanceof NetServer) : []
+  }
+  return []
+}
+
+/**
+ * Makes `server.close()` close the listening handle only, like closeListener().
+ * Fastify closes its secondary servers by calling `close()` on them when the
+ * main server emits 'close', which it does as soon as the main server has no
+ * connection left, possibly in the middle of the drain; Node ≥ 19's http close()
+ * would then destroy every idle socket of the secondary server at once, fresh
+ * ones included (see closeListener). Applied to the secondary servers only, once
+ * the drain has closed their listeners itself.
+ */
+export function keepConnectionsOnClose (server: NetServer): void {
+  Object.defineProperty(server, 'close', {
+    configurable: true,
+    writable: true,
+    value: function close (this: NetServer, callback?: (error?: Error) => void): NetServer {
+      return NetServer.prototype.close.call(this, callback)
+    }
+  })
+}
+
+/**
  * A TLS socket wraps the TCP socket the server accepted; `_parent` is the only
  * link back to it, and we track connections from the TCP `connection` event so
  * that sockets stuck in the handshake are counted (and destroyed at the budget) too.

@@ -6,7 +6,7 @@ import { Server as Http1Server, type IncomingMessage, type Server, type ServerRe
 import { Server as HttpsServer } from 'node:https'
 import { Server as TlsServer } from 'node:tls'
 import { now } from '../deadline.js'
-import { attachedResponse, closeAfterResponse, keepAliveAfterAll, parentSocket } from './socket-internals.js'
+import { attachedResponse, closeAfterResponse, keepAliveAfterAll, parentSocket, secondaryServers } from './socket-internals.js'
 import { recordArrival, type Arrivals } from './arrivals.js'
 import { endGracefully } from './closing.js'
 
@@ -71,6 +71,8 @@ export interface ConnectionCounts {
  */
 export class ConnectionTracker {
   readonly #server: Server
+  /** Every server the app listens on: `#server` first, then the ones Fastify opened beside it (addServer). */
+  readonly #servers: Server[]
   /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
   readonly #plainHttp1: boolean
   readonly #http1: boolean
@@ -104,6 +106,7 @@ export class ConnectionTracker {
   constructor (server: Server, isProbe: (url: string | undefined) => boolean,
     isBackground: (url: string | undefined) => boolean = () => false) {
     this.#server = server
+    this.#servers = [server]
     this.#plainHttp1 = server instanceof Http1Server
     this.#http1 = this.#plainHttp1 || server instanceof HttpsServer
     this.#secure = server instanceof TlsServer
@@ -113,20 +116,43 @@ export class ConnectionTracker {
     this.#onSocketClose = function () { tracker.#socketClosed(this[kConnection]) }
     this.#onResponseClose = function () { tracker.#responseEnded(this, false) }
     this.#onProbeClose = function () { tracker.#responseEnded(this, true) }
-    server.on('connection', this.#onConnection)
-    server.on('secureConnection', this.#onSecureConnection)
-    // Prepended so the drain marks the response before Fastify starts writing it.
-    server.prependListener('request', this.#onRequest)
+    this.#listen(server)
     // Upgrades are tracked only while the app itself listens for them: see #onListenerAdded.
     server.on('newListener', this.#onListenerAdded)
     server.on('removeListener', this.#onListenerRemoved)
     if (server.listenerCount('upgrade') > 0) this.#watchUpgrades(true)
   }
 
+  #listen (server: Server): void {
+    server.on('connection', this.#onConnection)
+    server.on('secureConnection', this.#onSecureConnection)
+    // Prepended so the drain marks the response before Fastify starts writing it.
+    server.prependListener('request', this.#onRequest)
+  }
+
+  /**
+   * Tracks a server Fastify opened beside the main one (socket-internals.ts,
+   * secondaryServers): its sockets join the same books, so they get the same
+   * Connection: close, idle closing, in-flight wait and report. No 'upgrade'
+   * listener: Fastify forwards a secondary server's upgrades to the main one's.
+   */
+  addServer (server: Server): void {
+    if (this.#servers.includes(server)) return
+    this.#servers.push(server)
+    this.#listen(server)
+  }
+
+  /** Every server the app listens on, the main one first: the drain closes each listener (closing.ts, closeListeners). */
+  get servers (): readonly Server[] {
+    return this.#servers
+  }
+
   detach (): void {
-    this.#server.removeListener('connection', this.#onConnection)
-    this.#server.removeListener('secureConnection', this.#onSecureConnection)
-    this.#server.removeListener('request', this.#onRequest)
+    for (const server of this.#servers) {
+      server.removeListener('connection', this.#onConnection)
+      server.removeListener('secureConnection', this.#onSecureConnection)
+      server.removeListener('request', this.#onRequest)
+    }
     this.#server.removeListener('newListener', this.#onListenerAdded)
     this.#server.removeListener('removeListener', this.#onListenerRemoved)
     this.#watchUpgrades(false)
@@ -445,4 +471,18 @@ export class ConnectionTracker {
     const conn = (req.socket as TrackedSocket)[kConnection]
     if (conn !== undefined) conn.upgraded = true
   }
+}
+
+/**
+ * Tracks every server the app listens on, not only `app.server`: `listen({ host:
+ * 'localhost' })` makes Fastify open a second server for ::1 (or 127.0.0.1),
+ * which it creates inside listen() and records just before the onListen hooks
+ * run. This hook adds them to `tracker` then, before any connection to them can
+ * have been accepted: Fastify binds them and runs the onListen hooks in the same
+ * turn of the event loop.
+ */
+export function trackEveryListener (app: { addHook (name: 'onListen', hook: () => Promise<void>): unknown }, tracker: ConnectionTracker): void {
+  app.addHook('onListen', async () => {
+    for (const server of secondaryServers(app)) tracker.addServer(server as Server)
+  })
 }
