@@ -64,7 +64,8 @@ export const AlreadyRegisteredError = createError(
 export const SignalsOwnedError = createError(
   'FST_GRACEFUL_DRAIN_SIGNALS_OWNED',
   (signals: string) => `another fastify-graceful-drain instance in this process already handles ${signals}: ` +
-    'one instance per process owns the signals; pass `signals: []` to the others and call `fastify.drain.start()` yourself, ' +
+    'one instance per process owns the signals; register every app with the same `group` option to drain them together, ' +
+    'or pass `signals: []` to the others and call `fastify.drain.start()` yourself, ' +
     'or close the first instance before registering a new one'
 )
 
@@ -122,6 +123,28 @@ export const TrackAfterCloseError = createError(
     `track("${name}") was called after the drain reached its closers (${state}): the resources this work would use ` +
     'are closing, so it cannot be waited for; start background work before the drain closes resources, ' +
     'or check fastify.drain.signal and skip new work once it has aborted'
+)
+
+export const GroupMismatchError = createError(
+  'FST_GRACEFUL_DRAIN_GROUP_MISMATCH',
+  (group: string, member: string, option: string, value: unknown, groupValue: unknown, first: string) =>
+    `drain group "${group}": member "${member}" sets \`${option}\` to ${show(value)}, but the group's \`${option}\` is ` +
+    `${show(groupValue)} (from its first member "${first}"): the members share one deadline, one signal owner and one exit, ` +
+    `so give \`${option}\` the same value on every member, or set it on the first member only`
+)
+
+export const GroupMemberExistsError = createError(
+  'FST_GRACEFUL_DRAIN_GROUP_DUPLICATE_MEMBER',
+  (group: string, member: string) =>
+    `drain group "${group}" already has a member named "${member}": each app's section of the combined report is ` +
+    `keyed by its name; give each app its own, e.g. group: { name: '${group}', member: 'admin' }`
+)
+
+export const GroupDrainingError = createError(
+  'FST_GRACEFUL_DRAIN_GROUP_DRAINING',
+  (group: string, member: string) =>
+    `"${member}" cannot join drain group "${group}": the group is already draining, so this app would miss its ` +
+    'deadline and its report; register every member at startup, before the group can receive a signal'
 )
 
 /** The message of whatever was thrown: an Error's message, anything else as a string. */

@@ -1,3 +1,4 @@
+// Longer than 150 lines: the decorator's public interface and its TSDoc live here, with the wiring.
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { defaults, resolveOptions, type GracefulDrainOptions } from './options.js'
@@ -6,7 +7,8 @@ import { ConnectionTracker } from './connections/tracker.js'
 import { pathMatcher } from './connections/path-matcher.js'
 import { Drain } from './drain.js'
 import { Participants } from './participants.js'
-import { assertSignalsFree, installSignals } from './signals.js'
+import { assertSignalsFree, drainOnSignal, installSignals, type InstalledSignals } from './signals.js'
+import { groupMembership } from './group.js'
 import { mainPortProbePaths, setupKubernetes } from './kubernetes/index.js'
 import { warnAboutLateSignalListeners } from './coexistence/coexistence.js'
 import { setupProtocols } from './protocols/index.js'
@@ -20,7 +22,7 @@ import { installCrashDrain } from './crash.js'
 import { requestSignalAt } from './protocols/request-signal.js'
 import { warnAboutTimeouts } from './kubernetes/timeout-audit.js'
 import { takeOverSignals } from './coexistence/fastify-cli.js'
-import type { DrainReport } from './report.js'
+import type { DrainGroupReport, DrainReport } from './report.js'
 import type { DrainState } from './state.js'
 
 /** `fastify.drain`: the drain's state and controls. */
@@ -47,6 +49,17 @@ export interface GracefulDrain {
   track<T> (name: string, work: BackgroundWorkInput<T>): Promise<T>
   /** The port the health listener is bound to (`healthPort`, or the one picked for 0), once it listens. */
   readonly healthPort: number | undefined
+  /** The drain group this app belongs to (the `group` option), or undefined when it drains alone. */
+  readonly group: DrainGroupInfo | undefined
+}
+
+/** `fastify.drain.group`: the group's name, this app's name in it, and the combined report once logged. */
+export interface DrainGroupInfo {
+  readonly name: string
+  readonly member: string
+  /** Every member's name, in registration order. */
+  readonly members: readonly string[]
+  readonly report: DrainGroupReport | undefined
 }
 
 declare module 'fastify' {
@@ -65,9 +78,12 @@ declare module 'fastify' {
 
 const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fastify, opts) => {
   if (fastify.hasDecorator('drain')) throw new AlreadyRegisteredError()
-  const options = resolveOptions(opts)
-  // Refuse before anything is set up, so a refused registration leaves nothing behind.
-  assertSignalsFree(options.signals)
+  const resolved = resolveOptions(opts)
+  // Refuse before anything is set up, so a refused registration leaves nothing behind: a taken
+  // signal, or a group this app may not join (group.ts), whose budget, signals and exit it takes.
+  const membership = groupMembership(resolved, opts ?? {})
+  const options = membership?.options ?? resolved
+  if (membership === undefined) assertSignalsFree(options.signals)
   const log = fastify.log.child({ plugin: 'fastify-graceful-drain' })
   const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
@@ -79,7 +95,12 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const close = joinAppClose(fastify as FastifyInstance, { get running () { return drain.running }, get appClosed () { return drain.appClosed } }, log)
   const drain = new Drain({ server: fastify.server, close }, options, log, tracker, participants, background)
   participants.add(backgroundWorkParticipant(background, () => requestSignalAt(options)))
-  if (options.drainOnCrash !== false) participants.add(installCrashDrain(drain, log))
+  if (options.drainOnCrash !== false && membership === undefined) participants.add(installCrashDrain(drain, log))
+  if (options.drainOnCrash !== false && membership?.group.claimCrashHandler() === true) {
+    // Once per group: a crash drains every member; a crash during that drain forces them all.
+    const group = membership.group
+    participants.add(installCrashDrain({ get running () { return group.running }, crash: (e, o) => drain.crash(e, o), forceEnd: (by, code) => group.force(by, code) }, log))
+  }
   // Probes, health port, preStop, readiness checks and startup tasks: see kubernetes/.
   const kubernetes = setupKubernetes(fastify as FastifyInstance, options, log, drain)
   participants.add(...kubernetes.participants, diagnosticsParticipant(drain, tracker, options))
@@ -87,25 +108,27 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   // HTTP/2 GOAWAY, WebSocket 1001, event-stream counts, request.drainSignal: see protocols/.
   participants.add(...setupProtocols(fastify as FastifyInstance, options, tracker))
 
-  // Only a signal after a signal forces the exit: the SIGTERM that follows a
-  // preStop call (or fastify.drain.start()) is the expected one, and joins the
-  // drain already running without a second delay.
-  let signalled = false
-  const signals = installSignals(options.signals, signal => {
-    if (signalled) return drain.forceExit(signal)
-    signalled = true
-    if (drain.running) {
-      log.info({ signal, state: drain.state }, `${signal} received: the drain is already running, continuing it`)
-      return
-    }
-    // SIGINT is Ctrl-C in a terminal: nobody routes traffic here, so skip the delay.
-    drain.start(signal, { signal, skipDelay: signal === 'SIGINT' }).catch(() => {})
-  })
+  // A signal starts the drain, or joins one already running; a second one forces the exit (signals.ts).
+  // In a group, the group owns the signals (group.ts): this app leaves it if it closes without a drain.
+  let addresses: string[] = []
+  const firstOfGroup = membership?.group.members.length === 0
+  const signals: InstalledSignals = membership === undefined
+    ? installSignals(options.signals, drainOnSignal({
+      get running () { return drain.running },
+      get state () { return drain.state },
+      // SIGINT is Ctrl-C in a terminal: nobody routes traffic here, so skip the delay.
+      start: signal => { drain.start(signal, { signal, skipDelay: signal === 'SIGINT' }).catch(() => {}) },
+      force: signal => drain.forceExit(signal)
+    }, log))
+    : {
+        foreign: membership.group.add({ name: membership.member, drain, log, addresses: () => addresses }),
+        uninstall: () => membership.group.leave(membership.member)
+      }
   for (const { signal, listeners } of signals.foreign) {
     log.warn({ signal, listeners }, `${listeners} other ${signal} listener(s) were installed before fastify-graceful-drain ` +
       '(close-with-grace, fastify-cli, the app?): they may close the server at once and undo the drain; remove them')
   }
-  warnAboutLateSignalListeners(fastify as FastifyInstance, options.signals, signals.foreign, log)
+  warnAboutLateSignalListeners(fastify as FastifyInstance, membership === undefined || firstOfGroup ? options.signals : [], signals.foreign, log)
   participants.add({ name: 'signals', dispose: () => signals.uninstall() }, { name: 'connections', dispose: () => tracker.detach() })
 
   const api: GracefulDrain = Object.freeze({
@@ -117,7 +140,15 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     addCloser: (name: string, fn: CloserFunction, closerOptions?: CloserOptions) => drain.addCloser(name, fn, closerOptions),
     startupTask: (name: string, task: PromiseLike<unknown>) => kubernetes.startupTask(name, task),
     track: <T>(name: string, work: BackgroundWorkInput<T>) => drain.track<T>(name, work),
-    get healthPort () { return kubernetes.healthPort }
+    get healthPort () { return kubernetes.healthPort },
+    group: membership === undefined
+      ? undefined
+      : Object.freeze({
+        name: membership.group.name,
+        member: membership.member,
+        get members () { return membership.group.members },
+        get report () { return membership.group.report }
+      })
   })
   fastify.decorate('drain', api)
 
@@ -130,6 +161,8 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   }
   fastify.addHook('onListen', async () => {
     drain.markReady()
+    // For the group's report: a closed server has no address left to read.
+    addresses = fastify.addresses().map(a => typeof a === 'string' ? a : a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`)
     logBudget(log, options)
     warnAboutPlatform(log, options)
     warnAboutTimeouts(fastify.server, options, log)
@@ -165,9 +198,9 @@ export const gracefulDrain = Object.assign(plugin, {
 export { gracefulDrain as fastifyGracefulDrain, gracefulDrain as 'module.exports', resolveOptions, defaults, channels as diagnosticsChannels }
 export default gracefulDrain
 
-export type { GracefulDrainOptions, ReadinessOptions, LivenessOptions, PreStopOptions, ReadinessCheck, LivenessCheck, DrainOnCrashOptions, ExitFunction, ResolvedOptions, MetricsOptions, MetricsRegistry } from './options.js'
+export type { GracefulDrainOptions, GroupOptions, ReadinessOptions, LivenessOptions, PreStopOptions, ReadinessCheck, LivenessCheck, DrainOnCrashOptions, ExitFunction, ResolvedOptions, MetricsOptions, MetricsRegistry } from './options.js'
 export type { BackgroundWorkInput, BackgroundWorkCounts } from './background-work.js'
-export type { DrainReport, DrainPhases, LongLivedCounts } from './report.js'
+export type { DrainReport, DrainPhases, LongLivedCounts, DrainGroupReport, DrainGroupSection } from './report.js'
 export type { DrainState } from './state.js'
 export type { CloserFunction, CloserOptions, CloserOutcome } from './closers.js'
 export type { GracefulDrainError } from './errors.js'

@@ -1,6 +1,6 @@
 // Longer than 150 lines: the public options type carries TSDoc and @default on every field.
 import { constants } from 'node:os'
-import type { DrainReport } from './report.js'
+import type { DrainGroupReport, DrainReport } from './report.js'
 import { InvalidOptionError } from './errors.js'
 import { budgetDefaults, resolveBudget, type Budget } from './budget.js'
 
@@ -60,8 +60,19 @@ export interface MetricsOptions {
   prefix?: string | undefined
 }
 
-/** Called instead of `process.exit` when the drain ends. */
-export type ExitFunction = (code: number, report: DrainReport) => void | Promise<void>
+/**
+ * Called instead of `process.exit` when the drain ends. In a drain group it is called once, for the
+ * whole group: `code` is the group's, `report` the section of the app that decided it, `group` the combined report.
+ */
+export type ExitFunction = (code: number, report: DrainReport, group?: DrainGroupReport) => void | Promise<void>
+
+/** Several apps in one process drain together (README, "Several apps in one process"). */
+export interface GroupOptions {
+  /** The group: instances registered with the same name in one process form one drain group. */
+  name: string
+  /** This app's name in the group and its section of the combined report. Unique in the group. @default 'app-<n>', n its registration order */
+  member?: string | undefined
+}
 
 export interface GracefulDrainOptions {
   /** The pod's `terminationGracePeriodSeconds` × 1000: the drain is over, whatever hangs, `exitMargin` before it. Every time option you leave unset is derived from it. @default 30000 */
@@ -104,6 +115,8 @@ export interface GracefulDrainOptions {
   takeOverCloseWithGrace?: boolean | undefined
   /** Opt-in: an uncaught exception or unhandled rejection fails readiness at once, skips the delay, lets in-flight requests and tracked work finish within `timeout`, runs the closers, logs the report with the error and exits 1. Off by default: installing these handlers changes how every crash of the process behaves. @default false */
   drainOnCrash?: DrainOnCrashOptions | boolean | undefined
+  /** Drain with the other apps of this process registered with the same group name: one signal owner, one deadline, the delay once, one combined report, one exit. The first member's budget, `signals` and `exit` are the group's. A string is the group's name. @default undefined (drains alone) */
+  group?: GroupOptions | string | undefined
 }
 
 export interface ResolvedOptions extends Budget {
@@ -121,6 +134,7 @@ export interface ResolvedOptions extends Budget {
   readonly loadBalancerIdleTimeout: number | undefined
   readonly takeOverCloseWithGrace: boolean
   readonly drainOnCrash: Readonly<{ timeout: number }> | false
+  readonly group: Readonly<{ name: string, member: string | undefined }> | undefined
 }
 
 /** The defaults; the time options are the caps of the values derived from `gracePeriod` (see budget.ts). */
@@ -148,7 +162,7 @@ const MIN_TOKEN_LENGTH = 16
 const LOG_LEVELS = new Set(['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'])
 const KNOWN_OPTIONS = new Set(['gracePeriod', 'drainDelay', 'quietPeriod', 'quietPeriodIgnore', 'maxDrainDelay', 'exitMargin', 'closeTimeout',
   'signals', 'readiness', 'liveness', 'healthPort', 'healthHost', 'preStop', 'probeLogLevel', 'exit', 'metrics',
-  'stallTimeout', 'loadBalancerIdleTimeout', 'takeOverCloseWithGrace', 'drainOnCrash'])
+  'stallTimeout', 'loadBalancerIdleTimeout', 'takeOverCloseWithGrace', 'drainOnCrash', 'group'])
 
 function milliseconds (name: string, value: unknown, fallback: number, { positive = false } = {}): number {
   if (value === undefined) return fallback
@@ -302,6 +316,24 @@ function resolveDrainOnCrash (value: unknown, budget: Budget): ResolvedOptions['
   return Object.freeze({ timeout })
 }
 
+function groupName (name: string, value: unknown): string {
+  if (typeof value !== 'string' || value.trim() === '') {
+    throw new InvalidOptionError(name, 'a non-empty string', value, "e.g. group: { name: 'web', member: 'public' }")
+  }
+  return value
+}
+
+function resolveGroup (value: unknown): ResolvedOptions['group'] {
+  if (value === undefined) return undefined
+  if (typeof value === 'string') return Object.freeze({ name: groupName('group', value), member: undefined })
+  if (!isObject(value)) throw new InvalidOptionError('group', 'a group name or an object { name, member }', value, "e.g. group: { name: 'web', member: 'public' }")
+  knownKeys('group', value, ['name', 'member'])
+  return Object.freeze({
+    name: groupName('group.name', value.name),
+    member: value.member === undefined ? undefined : groupName('group.member', value.member)
+  })
+}
+
 function resolveBoolean (name: string, value: unknown, fallback: boolean): boolean {
   if (value === undefined) return fallback
   if (typeof value !== 'boolean') throw new InvalidOptionError(name, 'true or false', value, `e.g. ${name}: true`)
@@ -352,6 +384,7 @@ export function resolveOptions (input: GracefulDrainOptions = {}): ResolvedOptio
       ? undefined
       : milliseconds('loadBalancerIdleTimeout', input.loadBalancerIdleTimeout, 60_000, { positive: true }),
     takeOverCloseWithGrace: resolveBoolean('takeOverCloseWithGrace', input.takeOverCloseWithGrace, false),
-    drainOnCrash: resolveDrainOnCrash(input.drainOnCrash, budget)
+    drainOnCrash: resolveDrainOnCrash(input.drainOnCrash, budget),
+    group: resolveGroup(input.group)
   })
 }

@@ -1,3 +1,5 @@
+// Longer than 150 lines: the one exit-code rule has to see both the report of one app and the
+// combined report of a drain group (group.ts), so both types, builders and log lines live here.
 import type { FastifyBaseLogger } from 'fastify'
 import type { BackgroundWorkCounts } from './background-work.js'
 import type { CloserOutcome } from './closers.js'
@@ -112,6 +114,8 @@ export interface DrainFacts {
   listenerClosedEarly: boolean
   /** `process.exitCode` as the app left it (0 when unset). */
   appExitCode: number
+  /** Wall-clock start shared by a drain group's members, so their `startedAt` agree to the millisecond. */
+  startedAtWall?: number | undefined
 }
 
 /**
@@ -128,7 +132,7 @@ export function buildReport (facts: DrainFacts): DrainReport {
   return {
     reason: facts.reason,
     signal: facts.signal,
-    startedAt: new Date(deadline.startedAtWall).toISOString(),
+    startedAt: new Date(facts.startedAtWall ?? deadline.startedAtWall).toISOString(),
     deadlineMs: round(deadline.end - deadline.startedAt),
     phases: facts.phases,
     delay: facts.delay,
@@ -152,9 +156,63 @@ export function buildReport (facts: DrainFacts): DrainReport {
  * included); else the app's own non-zero `process.exitCode`; else 0.
  */
 function exitCode (facts: DrainFacts, problems: boolean): number {
-  if (facts.forcedEnd !== undefined) return facts.forcedEnd.exitCode
+  return byPrecedence(facts.forcedEnd?.exitCode, problems, facts.appExitCode)
+}
+
+function byPrecedence (forcedCode: number | undefined, problems: boolean, appExitCode: number): number {
+  if (forcedCode !== undefined) return forcedCode
   if (problems) return 1
-  return Number.isInteger(facts.appExitCode) && facts.appExitCode !== 0 ? facts.appExitCode : 0
+  return Number.isInteger(appExitCode) && appExitCode !== 0 ? appExitCode : 0
+}
+
+/** The same facts as `forced || failed` in buildReport(), read back from a finished report. */
+function hasProblems (report: DrainReport): boolean {
+  return report.forced || report.crash !== undefined || report.closers.some(outcome => outcome.outcome !== 'ok')
+}
+
+/** One app's section of a drain group's report: its own report, with the addresses it listened on. */
+export type DrainGroupSection = DrainReport & { addresses: string[] }
+
+/** The one report of a drain group (README, "Several apps in one process"): a section per app, one exit code. */
+export interface DrainGroupReport {
+  group: string
+  reason: string
+  signal: NodeJS.Signals | undefined
+  /** Shared by every section: one start, one deadline. */
+  startedAt: string
+  deadlineMs: number
+  /** True when any section was forced, or a member never reported by the deadline. */
+  forced: boolean
+  /** The worst of the sections' codes, by the precedence of `exitCode` above. */
+  exitCode: number
+  durationMs: number
+  /** Keyed by member name, in registration order. */
+  apps: Record<string, DrainGroupSection>
+  /** Members that had not reported when the group's deadline passed (present only then). */
+  missing?: string[]
+}
+
+/** The section whose code decided the group's, and the group's code: a forced end's code (a second signal), else 1 for any problem, else the app's own. */
+export function groupExitCode (sections: DrainReport[], forcedCode: number | undefined, missing: boolean): { code: number, decidedBy: DrainReport | undefined } {
+  const problems = missing || sections.some(hasProblems)
+  const own = sections.find(report => report.exitCode !== 0)?.exitCode ?? 0
+  const code = byPrecedence(forcedCode, problems, own)
+  return { code, decidedBy: sections.find(report => report.exitCode === code) ?? sections[0] }
+}
+
+/** One line for the whole group: each app's outcome in words, every figure in `drainGroupReport`. */
+export function logGroupReport (log: FastifyBaseLogger, report: DrainGroupReport): void {
+  const apps = Object.entries(report.apps).map(([name, app]) => {
+    const failed = app.closers.filter(c => c.outcome !== 'ok').map(c => `${c.name} (${c.outcome})`)
+    return `${name}: ${plural(app.requests.servedDuringDrain, 'request')} served, ${app.requests.cut.length} cut, ` +
+      `${plural(app.connections.destroyed, 'connection')} destroyed` +
+      (failed.length > 0 ? `, closers failed: ${failed.join(', ')}` : '') + `, exit code ${app.exitCode}`
+  })
+  const summary = `drain group "${report.group}" ${report.exitCode === 0 ? 'complete' : 'finished with problems'} in ${report.durationMs} ms: ` +
+    apps.join('; ') + (report.missing === undefined ? '' : `; never reported: ${report.missing.join(', ')}`) +
+    `; exit code ${report.exitCode}`
+  if (report.exitCode === 0) log.info({ drainGroupReport: report }, summary)
+  else log.warn({ drainGroupReport: report }, summary)
 }
 
 /** One structured line with all the figures; the message says the outcome in words. */

@@ -1,4 +1,5 @@
 import { constants } from 'node:os'
+import type { FastifyBaseLogger } from 'fastify'
 import { SignalsOwnedError } from './errors.js'
 
 /**
@@ -59,5 +60,32 @@ export function installSignals (
       for (const signal of signals) process.removeListener(signal, listener)
       if (proc[OWNER] === owner) delete proc[OWNER]
     }
+  }
+}
+
+/** What a signal acts on: one app's drain, or a drain group (group.ts). */
+export interface SignalTarget {
+  readonly running: boolean
+  /** For the log line of a signal that joins a running drain. */
+  readonly state?: string
+  start (signal: NodeJS.Signals): void
+  force (signal: NodeJS.Signals): void
+}
+
+/**
+ * What a signal means. Only a signal after a signal forces the exit: the
+ * SIGTERM that follows a preStop call (or fastify.drain.start()) is the
+ * expected one, and joins the drain already running without a second delay.
+ */
+export function drainOnSignal (target: SignalTarget, log: FastifyBaseLogger): (signal: NodeJS.Signals) => void {
+  let signalled = false
+  return signal => {
+    if (signalled) return target.force(signal)
+    signalled = true
+    if (target.running) {
+      log.info({ signal, state: target.state }, `${signal} received: the drain is already running, continuing it`)
+      return
+    }
+    target.start(signal)
   }
 }

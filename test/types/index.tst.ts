@@ -9,6 +9,8 @@ import type { Channel } from 'node:diagnostics_channel'
 import gracefulDrain, { defaults, diagnosticsChannels, gracefulDrain as named, resolveOptions } from 'fastify-graceful-drain'
 import type {
   CloserOutcome,
+  DrainGroupInfo,
+  DrainGroupReport,
   DrainReport,
   DrainState,
   GracefulDrain,
@@ -187,6 +189,39 @@ describe('registration with Fastify', () => {
   test('register() checks the options against GracefulDrainOptions', () => {
     expect(app.register).type.not.toBeCallableWith(gracefulDrain, { drainDelay: '5000' })
     expect(app.register).type.not.toBeCallableWith(gracefulDrain, { signals: ['SIGFOO'] })
+  })
+
+  test('the group option: a name, or { name, member }', () => {
+    expect(resolveOptions).type.toBeCallableWith({ group: 'web' })
+    expect(resolveOptions).type.toBeCallableWith({ group: { name: 'web', member: 'admin' } })
+    expect(resolveOptions).type.toBeCallableWith({ group: { name: 'web' } })
+    expect(resolveOptions).type.not.toBeCallableWith({ group: 42 })
+    expect(resolveOptions).type.not.toBeCallableWith({ group: { member: 'admin' } })
+    expect(resolveOptions).type.not.toBeCallableWith({ group: { name: 'web', members: 'admin' } })
+    expect(resolveOptions().group).type.toBe<Readonly<{ name: string, member: string | undefined }> | undefined>()
+  })
+
+  test('fastify.drain.group and the combined report', () => {
+    expect(app.drain.group).type.toBe<DrainGroupInfo | undefined>()
+    expect(() => { app.drain.group = undefined }).type.toRaiseError(2540)
+    const info = {} as DrainGroupInfo
+    expect(info.member).type.toBe<string>()
+    expect(info.members).type.toBe<readonly string[]>()
+    expect(info.report).type.toBe<DrainGroupReport | undefined>()
+    const report = {} as DrainGroupReport
+    expect(report.exitCode).type.toBe<number>()
+    expect(report.apps.admin?.closers).type.toBe<CloserOutcome[] | undefined>()
+    expect(report.apps.admin?.addresses).type.toBe<string[] | undefined>()
+  })
+
+  test('in a group, the exit function also receives the combined report', async () => {
+    await app.register(gracefulDrain, {
+      group: 'web',
+      exit: (code, report, group) => {
+        expect(report).type.toBe<DrainReport>()
+        expect(group).type.toBe<DrainGroupReport | undefined>()
+      }
+    })
   })
 
   test('the exit function receives the code and the report', async () => {
