@@ -12,8 +12,7 @@ import { inFlightEnd } from './budget.js'
 import { keepServing } from './delay.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
 import type { ConnectionTracker } from './connections/tracker.js'
-import { closeConnections, destroyRemaining } from './connections/closing.js'
-import { closeListener } from './connections/socket-internals.js'
+import { closeConnections, closeListeners, destroyRemaining } from './connections/closing.js'
 import type { Server } from 'node:net'
 import type { BackgroundWork } from './background-work.js'
 import { armWatchdog, type Watchdog } from './watchdog.js'
@@ -292,13 +291,15 @@ export class Drain {
     this.#state.moveTo('closing')
     this.#phases.closing = round(deadline.elapsed())
     if (!this.#app.server.listening && this.#options.drainDelay > 0) this.noteListenerClosedEarly()
-    closeListener(this.#app.server)
+    // Every server the app listens on: Fastify opens a second one for `listen({ host: 'localhost' })`.
+    closeListeners(this.#tracker)
     this.#log.info({ elapsedMs: this.#phases.closing, inFlight: this.#tracker.inFlight, openConnections: this.#tracker.size },
       `listener closed after ${this.#phases.closing} ms: new connections are refused; ${this.#tracker.inFlight} in flight`)
     this.#participants.closing()
-    await closeConnections(this.#tracker, deadline.until(this.#inFlightEndMs), this.#forced.signal)
+    // Sockets stalled mid-request are destroyed on the way (stallTimeout) and named in the report.
+    this.#cut.push(...await closeConnections(this.#tracker, deadline.until(this.#inFlightEndMs), this.#forced.signal, this.#options.stallTimeout))
     if (this.#tracker.size > 0 && !this.#forced.signal.aborted) {
-      this.#cut = this.#spendBudget()
+      this.#cut.push(...this.#spendBudget())
       this.#log.warn({ cut: this.#cut }, 'drain budget spent: destroyed the connections still open')
     }
   }

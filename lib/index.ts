@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { defaults, resolveOptions, type GracefulDrainOptions } from './options.js'
 import { AlreadyRegisteredError } from './errors.js'
-import { ConnectionTracker } from './connections/tracker.js'
+import { ConnectionTracker, trackEveryListener } from './connections/tracker.js'
 import { pathMatcher } from './connections/path-matcher.js'
 import { Drain } from './drain.js'
 import { Participants } from './participants.js'
@@ -88,6 +88,8 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const probes = mainPortProbePaths(options)
   // A probe may carry a query string (`/readyz?verbose`); it is still a probe, not in-flight work.
   const tracker = new ConnectionTracker(fastify.server, pathMatcher(probes), pathMatcher(options.quietPeriodIgnore))
+  // listen({ host: 'localhost' }) opens a second server beside fastify.server: track it too.
+  trackEveryListener(fastify as FastifyInstance, tracker)
   // Each module's part in the drain; the order they hear each phase in is declared in participants.ts.
   const participants = new Participants()
   const background = new BackgroundWork()
