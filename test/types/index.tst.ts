@@ -176,7 +176,10 @@ describe('GracefulDrainOptions', () => {
 
 describe('registration with Fastify', () => {
   test('the default and the named export are the same plugin', () => {
-    expect(gracefulDrain).type.toBe<FastifyPluginAsync<GracefulDrainOptions>>()
+    // The plugin, carrying the CommonJS shape's properties (require() returns it with every runtime export).
+    expect(gracefulDrain).type.toBeAssignableTo<FastifyPluginAsync<GracefulDrainOptions>>()
+    expect(gracefulDrain.default).type.toBe<FastifyPluginAsync<GracefulDrainOptions>>()
+    expect(gracefulDrain.resolveOptions).type.toBe(resolveOptions)
     expect(named).type.toBe(gracefulDrain)
   })
 
