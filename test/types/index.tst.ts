@@ -91,6 +91,27 @@ describe('the rest of the public surface', () => {
   })
 })
 
+describe('background work, crashes and checks', () => {
+  test('track(name, work) returns the work\'s result; a function gets an AbortSignal', () => {
+    expect(app.drain.track('n', Promise.resolve(42))).type.toBe<Promise<number>>()
+    expect(app.drain.track('s', async (signal: AbortSignal) => signal.aborted)).type.toBe<Promise<boolean>>()
+    expect(app.drain.track('x', 42)).type.toRaiseError()
+  })
+
+  test('drainOnCrash, liveness checks and the other new options', () => {
+    expect({ drainOnCrash: true }).type.toBeAssignableTo<GracefulDrainOptions>()
+    expect({ drainOnCrash: { timeout: 3000 } }).type.toBeAssignableTo<GracefulDrainOptions>()
+    expect({ liveness: { checks: { db: async () => true }, maxEventLoopDelay: 1000 } }).type.toBeAssignableTo<GracefulDrainOptions>()
+    expect({ stallTimeout: 2000, loadBalancerIdleTimeout: 60_000, takeOverCloseWithGrace: true }).type.toBeAssignableTo<GracefulDrainOptions>()
+    expect({ drainOnCrash: 'yes' }).type.not.toBeAssignableTo<GracefulDrainOptions>()
+  })
+
+  test('the report\'s background work and crash', () => {
+    expect<DrainReport['background']>().type.toBe<{ total: number, settled: number, abandoned: string[] } | undefined>()
+    expect<DrainReport['crash']>().type.toBe<{ error: string, origin: string } | undefined>()
+  })
+})
+
 describe('DrainReport', () => {
   test('the figures the README documents', () => {
     const report = {} as DrainReport
