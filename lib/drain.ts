@@ -213,11 +213,12 @@ export class Drain {
     // Requests before reservations: only the closers' share and the exit margin are kept back.
     this.#inFlightEndMs = options.budgetMs === undefined ? inFlightEnd(this.#options) : Math.max(0, budget - closeTimeout)
     deadline.guard(() => { this.#finish({ by: 'deadline', exitCode: 1 }).catch(this.#logFailure) })
-    // The last guard, on its own thread: half the exit margin before gracePeriod, after a healthy
-    // logger flush (bounded to a third of the margin, exit.ts) would have ended, and early enough
-    // for the kill to land before the kubelet's (watchdog.ts). Only when the drain is to end the process.
+    // The last guard, on its own thread: a quarter of the exit margin before gracePeriod. A healthy
+    // exit is done by then with half the margin to spare (the report at the deadline, the logger flush
+    // bounded to a quarter of the margin), and the kill still lands before the kubelet's (watchdog.ts).
+    // Only when the drain is to end the process.
     if (this.#options.exit === true && this.#group === undefined) {
-      this.#watchdog = armWatchdog(deadline.until(gracePeriod - exitMargin / 2), JSON.stringify({
+      this.#watchdog = armWatchdog(deadline.until(gracePeriod - exitMargin / 4), JSON.stringify({
         level: 60,
         time: Date.now(),
         plugin: 'fastify-graceful-drain',
@@ -408,8 +409,8 @@ export class Drain {
     this.#resolve?.(report)
     // The group logs one report and exits once, when every member has finished.
     if (this.#group !== undefined) return this.#group.finished(report)
-    // A third of the exit margin at most: the watchdog fires at half of it (see start()).
-    await exitProcess(this.#options.exit, report.exitCode, report, this.#log, Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 3))
+    // A quarter of the exit margin at most: the watchdog fires a quarter of it before gracePeriod (see start()).
+    await exitProcess(this.#options.exit, report.exitCode, report, this.#log, Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 4))
     // Still running: `exit` is false or a function that did not end the process.
     this.#watchdog?.disarm()
   }

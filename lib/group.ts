@@ -154,7 +154,7 @@ export class DrainGroup implements GroupLink {
     // Every member's own deadline fires at the same instant and forces it; this catches a member that never reports.
     this.#fallback = setTimeout(() => this.#finish(), Math.max(0, at + budget + exitMargin / 10 - now()))
     if (this.#options.exit === true) {
-      this.#watchdog = armWatchdog(Math.max(0, at + gracePeriod - exitMargin / 2 - now()), JSON.stringify({
+      this.#watchdog = armWatchdog(Math.max(0, at + gracePeriod - exitMargin / 4 - now()), JSON.stringify({
         level: 60,
         time: Date.now(),
         plugin: 'fastify-graceful-drain',
@@ -222,7 +222,7 @@ export class DrainGroup implements GroupLink {
 
   async #exit (code: number, decidedBy: DrainReport, report: DrainGroupReport, log: FastifyBaseLogger): Promise<void> {
     const exit = this.#options.exit
-    const flushTimeout = Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 3)
+    const flushTimeout = Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 4)
     // Each app has its own logger: flush the others', the first member's is flushed by exitProcess().
     await Promise.all([...this.#members.values()].filter(m => m.log !== log).map(m => flushLogger(m.log, flushTimeout)))
     const once: boolean | ExitFunction = typeof exit === 'function' ? (c, r) => exit(c, r, report) : exit

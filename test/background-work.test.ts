@@ -35,7 +35,9 @@ t.test('a job started after its reply finishes before onClose runs, and the pool
 })
 
 t.test('a job that ignores its signal is abandoned at the budget, named in the report, exit 1 before the deadline', async t => {
-  const options = { gracePeriod: 3_000, drainDelay: 100 }
+  // exitMargin 1000, not the 300 derived from 3 s: the watchdog fires a quarter of it before gracePeriod,
+  // and a loaded 2-core machine can hold a healthy exit back by more than 75 ms.
+  const options = { gracePeriod: 3_000, drainDelay: 100, exitMargin: 1_000 }
   const running = await start(t, 'lifecycle-app.ts', { FIXTURE: JSON.stringify({ options }) })
   const pool = createPool(running, 1)
   t.teardown(() => pool.destroy())
@@ -52,7 +54,7 @@ t.test('a job that ignores its signal is abandoned at the budget, named in the r
 })
 
 t.test('the job\'s signal aborts before the in-flight budget ends, so a cooperative job stops in time', async t => {
-  const options = { gracePeriod: 3_000, drainDelay: 100 }
+  const options = { gracePeriod: 3_000, drainDelay: 100, exitMargin: 1_000 }
   const running = await start(t, 'lifecycle-app.ts', { FIXTURE: JSON.stringify({ options }) })
   const pool = createPool(running, 1)
   t.teardown(() => pool.destroy())
@@ -60,7 +62,8 @@ t.test('the job\'s signal aborts before the in-flight budget ends, so a cooperat
   await running.waitForMessage(m => m.event === 'job started')
   running.kill('SIGTERM')
   const exit = await running.exited
-  // The job waits 1.6 s unless aborted; the in-flight budget here ends at 3000 − 300 − 300 = 2400 ms.
+  // The job waits 1.7 s unless aborted; the in-flight budget here ends at 3000 − 1000 − 300 = 1700 ms,
+  // and the job's signal aborts a tenth of that before: the job stops in time.
   t.equal(exit.code, 0)
   t.match(running.report()?.background, { total: 1, settled: 1, abandoned: [] })
 })

@@ -11,7 +11,7 @@ const start = async (test: Test, fixture: object): Promise<RunningChild> => {
 }
 
 t.test('a non-zero process.exitCode set by the app wins over 0 after a clean drain', async t => {
-  const running = await start(t, { options: { gracePeriod: 3_000, drainDelay: 100 } })
+  const running = await start(t, { options: { gracePeriod: 3_000, drainDelay: 100, exitMargin: 1_000 } })
   const pool = createPool(running, 1)
   t.teardown(() => pool.destroy())
   await get(pool, '/exit-code?code=3')
@@ -21,7 +21,7 @@ t.test('a non-zero process.exitCode set by the app wins over 0 after a clean dra
 })
 
 t.test('a forced drain still exits 1 whatever the app set', async t => {
-  const running = await start(t, { options: { gracePeriod: 3_000, drainDelay: 100 } })
+  const running = await start(t, { options: { gracePeriod: 3_000, drainDelay: 100, exitMargin: 1_000 } })
   const pool = createPool(running, 2)
   t.teardown(() => pool.destroy())
   await get(pool, '/exit-code?code=3')
