@@ -3,7 +3,6 @@ import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { connect } from 'node:net'
-import { setTimeout } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import pg from 'pg'
@@ -79,9 +78,9 @@ t.test('postgres goes away when the owning process exits without stop()', async 
     const [code] = await once(child, 'exit') as [number | null]
     t.equal(code, ending === '' ? 0 : 1, ending === '' ? 'exits on its own: postgres does not hold the loop' : 'crashes')
     const { port, dir } = JSON.parse(out) as { port: number, dir: string }
-    let result = ''
-    for (let i = 0; i < 50 && (result = await refused(port)) !== 'ECONNREFUSED'; i++) await setTimeout(100)
-    t.equal(result, 'ECONNREFUSED', 'postgres was killed')
+    // No polling: the exit handler waits for postgres to be down before it removes the directory
+    // (removing it while postgres still unlinks its own files left it behind on Node 24).
+    t.equal(await refused(port), 'ECONNREFUSED', 'postgres was down by the time its owner had exited')
     t.notOk(existsSync(dir), 'data directory removed')
   }
 })
