@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { DrainParticipant } from './participants.js'
+import { claimedByCloser } from './closers.js'
 
 /**
  * `drainOnCrash` (docs/design.md, "The drain sequence"): an uncaught exception
@@ -28,7 +29,11 @@ export function installCrashDrain (target: CrashTarget, log: FastifyBaseLogger):
     log.error({ err: error, origin }, `${origin === 'unhandledRejection' ? 'unhandled rejection' : 'uncaught exception'}: draining before exit 1`)
     target.crash(error, origin)
   }
-  const onException = (error: unknown, origin: string): void => onCrash(error, origin)
+  const onException = (error: unknown, origin: string): void => {
+    // A throw from a close hook or closer the drain is running is that closer's outcome, not a crash (closers.ts).
+    if (claimedByCloser(error)) return
+    onCrash(error, origin)
+  }
   const onRejection = (reason: unknown): void => onCrash(reason, 'unhandledRejection')
   process.on('uncaughtException', onException)
   process.on('unhandledRejection', onRejection)

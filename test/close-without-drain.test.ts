@@ -9,7 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import { Pool } from 'undici'
 import gracefulDrain from 'fastify-graceful-drain'
 
-const serverEvents = ['request', 'connection', 'secureConnection', 'upgrade'] as const
+const serverEvents = ['request', 'connection', 'secureConnection', 'upgrade', 'newListener', 'removeListener'] as const
 
 const signalListeners = (): { SIGTERM: number, SIGINT: number } =>
   ({ SIGTERM: process.listenerCount('SIGTERM'), SIGINT: process.listenerCount('SIGINT') })
@@ -51,9 +51,11 @@ t.test('fastify.close() without a drain closes normally and removes everything t
 
   t.same(signalListeners(), { SIGTERM: signalsBefore.SIGTERM + 1, SIGINT: signalsBefore.SIGINT + 1 }, 'signal listeners installed')
   const serverAfterRegister = serverListeners(app)
-  for (const event of ['request', 'connection', 'upgrade']) {
+  for (const event of ['request', 'connection', 'newListener', 'removeListener']) {
     t.ok((serverAfterRegister[event] ?? 0) > (serverBefore[event] ?? 0), `the plugin listens to the server's '${event}'`)
   }
+  // Only while the app itself has one (test/upgrade-unchanged.test.ts): Node answers upgrade requests as usual.
+  t.equal(serverAfterRegister.upgrade ?? 0, serverBefore.upgrade ?? 0, "no 'upgrade' listener while the app has none")
 
   await app.listen({ port: 0, host: '127.0.0.1' })
   // Real traffic over a keep-alive connection, so the tracker has sockets and requests to forget.
