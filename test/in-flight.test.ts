@@ -18,12 +18,14 @@ const start = async (test: Test, options: object): Promise<RunningChild> => {
 }
 
 t.test('a request in flight at SIGTERM completes, is counted, and onClose runs after its response', async t => {
-  const running = await start(t, { drainDelay: 300, quietPeriod: 0 })
+  // drainDelay 1.5 s: the three requests below must fit inside the delay even on a loaded CI machine
+  // (with 300 ms, a new connection opened late was refused: the delay had legitimately ended).
+  const running = await start(t, { drainDelay: 1500, quietPeriod: 0 })
   const pool = createPool(running, 2)
   t.teardown(() => pool.destroy())
   // Outlasts the delay, so the drain has to wait for it with the listener already closed.
-  const slow = get(pool, '/slow?ms=1500')
-  await running.waitForMessage(m => m.event === 'request' && m.url === '/slow?ms=1500')
+  const slow = get(pool, '/slow?ms=3000')
+  await running.waitForMessage(m => m.event === 'request' && m.url === '/slow?ms=3000')
   running.kill('SIGTERM')
   await running.waitForLog(drainStarted)
   // During the delay: two requests and a probe; only the requests count as work.
@@ -47,7 +49,7 @@ t.test('a request in flight at SIGTERM completes, is counted, and onClose runs a
   const lastResponse = events.findLastIndex(m => m.event === 'response')
   t.ok(onClose > -1, 'onClose ran')
   t.ok(onClose > lastResponse, 'onClose ran after the last response')
-  t.equal(events[lastResponse]?.url, '/slow?ms=1500', 'the last response was the slow one')
+  t.equal(events[lastResponse]?.url, '/slow?ms=3000', 'the last response was the slow one')
   t.match(events[onClose], { inFlight: 0, state: 'closing' })
 })
 
