@@ -1,4 +1,4 @@
-import type { Deadline } from './deadline.js'
+import { sleep, type Deadline } from './deadline.js'
 import type { DrainParticipant } from './participants.js'
 import { TrackAfterCloseError, InvalidTrackError } from './errors.js'
 
@@ -79,6 +79,23 @@ export class BackgroundWork {
   whenSettled (): Promise<void> {
     if (this.#pending.size === 0) return Promise.resolve()
     return new Promise(resolve => { this.#waiters.push(resolve) })
+  }
+
+  /**
+   * Resolves when nothing is pending, when `ms` have passed, or when `forced`
+   * aborts, whichever comes first: the drain holds its closers this long.
+   */
+  async settleWithin (ms: number, forced: AbortSignal): Promise<void> {
+    if (this.#pending.size === 0 || forced.aborted) return
+    const stop = new AbortController()
+    const onForced = (): void => stop.abort()
+    forced.addEventListener('abort', onForced, { once: true })
+    try {
+      await Promise.race([this.whenSettled(), sleep(ms, stop.signal)])
+    } finally {
+      stop.abort()
+      forced.removeEventListener('abort', onForced)
+    }
   }
 
   /** The closers are about to run: from now on track() is an error, since the resources the work needs are closing. */

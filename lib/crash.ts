@@ -1,5 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { DrainParticipant } from './participants.js'
+import type { ResolvedOptions } from './options.js'
+import type { StartOptions } from './drain.js'
 import { claimedByCloser } from './closers.js'
 
 /**
@@ -13,11 +15,22 @@ import { claimedByCloser } from './closers.js'
  */
 export interface CrashTarget {
   readonly running: boolean
-  crash (error: unknown, origin: string): void
+  start (reason: 'crash', options: StartOptions): Promise<unknown>
   forceEnd (by: string, exitCode: number): void
 }
 
-export function installCrashDrain (target: CrashTarget, log: FastifyBaseLogger): DrainParticipant {
+/**
+ * How a crash starts the drain: no delay, and a budget of its own (the crash
+ * timeout for requests and tracked work, then the closers' share), with the
+ * error in the report.
+ */
+export function crashStart (error: unknown, origin: string, options: Pick<ResolvedOptions, 'drainOnCrash' | 'closeTimeout'>): StartOptions {
+  const message = error instanceof Error ? (error.stack ?? error.message) : String(error)
+  const timeout = options.drainOnCrash === false ? 0 : options.drainOnCrash.timeout
+  return { skipDelay: true, budgetMs: timeout + options.closeTimeout, crash: { error: message, origin } }
+}
+
+export function installCrashDrain (target: CrashTarget, options: Pick<ResolvedOptions, 'drainOnCrash' | 'closeTimeout'>, log: FastifyBaseLogger): DrainParticipant {
   let crashed = false
   const onCrash = (error: unknown, origin: string): void => {
     if (crashed || target.running) {
@@ -27,7 +40,7 @@ export function installCrashDrain (target: CrashTarget, log: FastifyBaseLogger):
     }
     crashed = true
     log.error({ err: error, origin }, `${origin === 'unhandledRejection' ? 'unhandled rejection' : 'uncaught exception'}: draining before exit 1`)
-    target.crash(error, origin)
+    target.start('crash', crashStart(error, origin, options)).catch(() => {})
   }
   const onException = (error: unknown, origin: string): void => {
     // A throw from a close hook or closer the drain is running is that closer's outcome, not a crash (closers.ts).

@@ -7,7 +7,7 @@ import type { ResolvedOptions } from './options.js'
 import type { DrainDelay, DrainReport, DrainPhases } from './report.js'
 import { AlreadyClosedError, CloserAfterStartError } from './errors.js'
 import { StateMachine, type DrainState } from './state.js'
-import { Deadline, now, sleep } from './deadline.js'
+import { Deadline, now } from './deadline.js'
 import { inFlightEnd } from './budget.js'
 import { keepServing } from './delay.js'
 import { Closers, validateCloser, type CloserFunction, type CloserOptions, type CloserOutcome } from './closers.js'
@@ -15,10 +15,10 @@ import type { ConnectionTracker } from './connections/tracker.js'
 import { closeConnections, closeListeners, destroyRemaining } from './connections/closing.js'
 import type { Server } from 'node:net'
 import type { BackgroundWork } from './background-work.js'
-import { armWatchdog, type Watchdog } from './watchdog.js'
+import { armExitWatchdog, watchdogAt, type Watchdog } from './watchdog.js'
 import type { Participants } from './participants.js'
 import { buildReport, logReport, round } from './report.js'
-import { exitProcess, FLUSH_TIMEOUT_MS } from './exit.js'
+import { exitFlushTimeout, exitProcess } from './exit.js'
 import { signalExitCode } from './signals.js'
 
 export interface StartOptions {
@@ -213,17 +213,9 @@ export class Drain {
     // Requests before reservations: only the closers' share and the exit margin are kept back.
     this.#inFlightEndMs = options.budgetMs === undefined ? inFlightEnd(this.#options) : Math.max(0, budget - closeTimeout)
     deadline.guard(() => { this.#finish({ by: 'deadline', exitCode: 1 }).catch(this.#logFailure) })
-    // The last guard, on its own thread: a quarter of the exit margin before gracePeriod. A healthy
-    // exit is done by then with half the margin to spare (the report at the deadline, the logger flush
-    // bounded to a quarter of the margin), and the kill still lands before the kubelet's (watchdog.ts).
-    // Only when the drain is to end the process.
+    // The last guard, on its own thread (watchdog.ts); only when the drain is to end the process.
     if (this.#options.exit === true && this.#group === undefined) {
-      this.#watchdog = armWatchdog(deadline.until(gracePeriod - exitMargin / 4), JSON.stringify({
-        level: 60,
-        time: Date.now(),
-        plugin: 'fastify-graceful-drain',
-        msg: 'watchdog: the main thread did not end the process by its deadline (a blocked event loop, a full log pipe): ending it with SIGKILL'
-      }))
+      this.#watchdog = armExitWatchdog(watchdogAt(deadline.startedAt, this.#options), {})
     }
     this.#state.moveTo('draining')
     this.#openAtStart = this.#tracker.size
@@ -247,19 +239,6 @@ export class Drain {
   /** Ends the drain at once (a second signal, a crash during the drain) with `exitCode`. */
   forceEnd (by: string, exitCode: number): void {
     this.#finish({ by, exitCode }).catch(this.#logFailure)
-  }
-
-  /** `drainOnCrash`: drain at once, within the short crash budget, and exit 1 (crash.ts). */
-  crash (error: unknown, origin: string): void {
-    const message = error instanceof Error ? (error.stack ?? error.message) : String(error)
-    const { drainOnCrash, closeTimeout } = this.#options
-    const timeout = drainOnCrash === false ? 0 : drainOnCrash.timeout
-    this.start('crash', { skipDelay: true, budgetMs: timeout + closeTimeout, crash: { error: message, origin } }).catch(() => {})
-  }
-
-  /** `fastify.drain.track()`: refused once the closers are about to run (background-work.ts). */
-  track<T> (name: string, work: Parameters<BackgroundWork['track']>[1]): Promise<T> {
-    return this.#background.track(name, work) as Promise<T>
   }
 
   readonly #logFailure = (error: unknown): void => {
@@ -317,14 +296,7 @@ export class Drain {
    */
   async #waitForBackgroundWork (): Promise<void> {
     const deadline = this.#deadline as Deadline
-    if (this.#background.pending > 0) {
-      const budget = new AbortController()
-      const onForced = (): void => budget.abort()
-      this.#forced.signal.addEventListener('abort', onForced, { once: true })
-      await Promise.race([this.#background.whenSettled(), sleep(deadline.until(this.#inFlightEndMs), budget.signal)])
-      budget.abort()
-      this.#forced.signal.removeEventListener('abort', onForced)
-    }
+    await this.#background.settleWithin(deadline.until(this.#inFlightEndMs), this.#forced.signal)
     if (this.#forced.signal.aborted) return
     this.#background.seal(this.#state.current)
     if (this.#background.pending > 0) {
@@ -409,8 +381,7 @@ export class Drain {
     this.#resolve?.(report)
     // The group logs one report and exits once, when every member has finished.
     if (this.#group !== undefined) return this.#group.finished(report)
-    // A quarter of the exit margin at most: the watchdog fires a quarter of it before gracePeriod (see start()).
-    await exitProcess(this.#options.exit, report.exitCode, report, this.#log, Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 4))
+    await exitProcess(this.#options.exit, report.exitCode, report, this.#log, exitFlushTimeout(this.#options.exitMargin))
     // Still running: `exit` is false or a function that did not end the process.
     this.#watchdog?.disarm()
   }

@@ -6,6 +6,14 @@ import { unrefTimer } from './deadline.js'
 /** The longest we wait for an asynchronous log destination before exiting anyway. */
 export const FLUSH_TIMEOUT_MS = 500
 
+/**
+ * The logger flush before exit takes a quarter of the exit margin at most: the
+ * watchdog fires a quarter of it before gracePeriod (watchdog.ts, watchdogAt).
+ */
+export function exitFlushTimeout (exitMargin: number): number {
+  return Math.min(FLUSH_TIMEOUT_MS, exitMargin / 4)
+}
+
 type Flushable = FastifyBaseLogger & { flush?: (cb?: (err?: Error) => void) => void }
 
 /** Flushes pino's buffered destination (if it has one); bounded, never throws. */

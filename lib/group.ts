@@ -9,8 +9,8 @@ import { assertSignalsFree, drainOnSignal, installSignals, signalExitCode, type 
 import { groupExitCode, logGroupReport, round, type DrainGroupReport, type DrainGroupSection, type DrainReport } from './report.js'
 import { GroupDrainingError, GroupMemberExistsError, GroupMismatchError, type GracefulDrainError } from './errors.js'
 import { now } from './deadline.js'
-import { armWatchdog, type Watchdog } from './watchdog.js'
-import { exitProcess, flushLogger, FLUSH_TIMEOUT_MS } from './exit.js'
+import { armExitWatchdog, watchdogAt, type Watchdog } from './watchdog.js'
+import { exitFlushTimeout, exitProcess, flushLogger } from './exit.js'
 
 /**
  * Several Fastify apps in one process drained as one (docs/design.md,
@@ -153,15 +153,7 @@ export class DrainGroup implements GroupLink {
     const budget = Math.min(options.budgetMs ?? Infinity, gracePeriod - exitMargin)
     // Every member's own deadline fires at the same instant and forces it; this catches a member that never reports.
     this.#fallback = setTimeout(() => this.#finish(), Math.max(0, at + budget + exitMargin / 10 - now()))
-    if (this.#options.exit === true) {
-      this.#watchdog = armWatchdog(Math.max(0, at + gracePeriod - exitMargin / 4 - now()), JSON.stringify({
-        level: 60,
-        time: Date.now(),
-        plugin: 'fastify-graceful-drain',
-        group: this.name,
-        msg: 'watchdog: the main thread did not end the process by its deadline: ending it with SIGKILL'
-      }))
-    }
+    if (this.#options.exit === true) this.#watchdog = armExitWatchdog(watchdogAt(at, this.#options), { group: this.name })
     for (const member of this.#members.values()) member.drain.startOwn(reason, shared).catch(() => {})
   }
 
@@ -222,7 +214,7 @@ export class DrainGroup implements GroupLink {
 
   async #exit (code: number, decidedBy: DrainReport, report: DrainGroupReport, log: FastifyBaseLogger): Promise<void> {
     const exit = this.#options.exit
-    const flushTimeout = Math.min(FLUSH_TIMEOUT_MS, this.#options.exitMargin / 4)
+    const flushTimeout = exitFlushTimeout(this.#options.exitMargin)
     // Each app has its own logger: flush the others', the first member's is flushed by exitProcess().
     await Promise.all([...this.#members.values()].filter(m => m.log !== log).map(m => flushLogger(m.log, flushTimeout)))
     const once: boolean | ExitFunction = typeof exit === 'function' ? (c, r) => exit(c, r, report) : exit

@@ -97,11 +97,11 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
   const close = joinAppClose(fastify as FastifyInstance, { get running () { return drain.running }, get appClosed () { return drain.appClosed } }, log)
   const drain = new Drain({ server: fastify.server, close }, options, log, tracker, participants, background)
   participants.add(backgroundWorkParticipant(background, () => requestSignalAt(options)))
-  if (options.drainOnCrash !== false && membership === undefined) participants.add(installCrashDrain(drain, log))
+  if (options.drainOnCrash !== false && membership === undefined) participants.add(installCrashDrain(drain, options, log))
   if (options.drainOnCrash !== false && membership?.group.claimCrashHandler() === true) {
     // Once per group: a crash drains every member; a crash during that drain forces them all.
     const group = membership.group
-    participants.add(installCrashDrain({ get running () { return group.running }, crash: (e, o) => drain.crash(e, o), forceEnd: (by, code) => group.force(by, code) }, log))
+    participants.add(installCrashDrain({ get running () { return group.running }, start: (reason, start) => drain.start(reason, start), forceEnd: (by, code) => group.force(by, code) }, options, log))
   }
   // Probes, health port, preStop, readiness checks and startup tasks: see kubernetes/.
   const kubernetes = setupKubernetes(fastify as FastifyInstance, options, log, drain)
@@ -141,7 +141,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     start: (reason?: string) => drain.start(reason ?? 'api'),
     addCloser: (name: string, fn: CloserFunction, closerOptions?: CloserOptions) => drain.addCloser(name, fn, closerOptions),
     startupTask: (name: string, task: PromiseLike<unknown>) => kubernetes.startupTask(name, task),
-    track: <T>(name: string, work: BackgroundWorkInput<T>) => drain.track<T>(name, work),
+    track: <T>(name: string, work: BackgroundWorkInput<T>) => background.track<T>(name, work),
     get healthPort () { return kubernetes.healthPort },
     group: membership === undefined
       ? undefined

@@ -33,6 +33,32 @@ setTimeout(() => {
 `
 
 /**
+ * When the watchdog fires, for a drain (or a drain group) that started at
+ * `startedAt` (monotonic): a quarter of the exit margin before `gracePeriod`.
+ * A healthy exit is done by then with half the margin to spare (the report at
+ * the deadline, gracePeriod − exitMargin, then the logger flush bounded to a
+ * quarter of the margin, exit.ts exitFlushTimeout), and the kill still lands
+ * before the kubelet's.
+ */
+export function watchdogAt (startedAt: number, options: { gracePeriod: number, exitMargin: number }): number {
+  return startedAt + options.gracePeriod - options.exitMargin / 4
+}
+
+/**
+ * Arms the watchdog of a drain that ends the process: it fires at `at`
+ * (monotonic, see watchdogAt) with one fatal log line naming `who`.
+ */
+export function armExitWatchdog (at: number, who: Record<string, string>): Watchdog {
+  return armWatchdog(at - performance.now(), JSON.stringify({
+    level: 60,
+    time: Date.now(),
+    plugin: 'fastify-graceful-drain',
+    ...who,
+    msg: 'watchdog: the main thread did not end the process by its deadline (a blocked event loop, a full log pipe): ending it with SIGKILL'
+  }))
+}
+
+/**
  * Arms the watchdog to end the process `delayMs` from now. `line` is the JSON
  * log line it writes to stderr first (best effort: that pipe may be full too).
  */
