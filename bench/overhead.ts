@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { machine, median, pinning, pinned, startNode, stop, table, version, type Started } from './perf/processes.js'
-import { helloVariants as variants, type HelloVariant as Variant } from './perf/variants.js'
+import { helloVariants as variants, withBaseline, type HelloVariant as Variant } from './perf/variants.js'
 
 const { values: args } = parseArgs({
   options: {
@@ -29,13 +29,15 @@ const { values: args } = parseArgs({
     /** Seconds of rest before each run, for the previous server's after-work to settle. */
     pause: { type: 'string', default: '1' },
     connections: { type: 'string', default: '50' },
-    variants: { type: 'string', default: variants.join(',') }
+    variants: { type: 'string', default: variants.join(',') },
+    /** A checkout with a built dist/ to measure as `baseline` beside this tree's plugin. */
+    baseline: { type: 'string' }
   }
 })
 const rounds = Number(args.rounds)
 const duration = Number(args.duration)
 const connections = Number(args.connections)
-const chosen = args.variants.split(',') as Variant[]
+const chosen = withBaseline(args.variants.split(',') as Variant[], args.baseline)
 if (chosen[0] !== 'bare') throw new Error('--variants must start with bare: every ratio is to bare')
 
 const here = fileURLToPath(new URL('.', import.meta.url))
@@ -93,7 +95,7 @@ const samples = new Map<string, Sample[]>()
 const key = (variant: Variant, mode: Mode): string => `${variant}/${mode}`
 try {
   for (const variant of chosen) {
-    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production' }, ipc: true }))
+    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production', BASELINE_DIR: args.baseline ?? '' }, ipc: true }))
   }
   // JIT and connection pools warm before anything counts.
   for (const variant of chosen) {

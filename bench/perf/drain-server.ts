@@ -13,22 +13,22 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector'
 import Fastify, { type FastifyInstance } from 'fastify'
-import gracefulDrain from 'fastify-graceful-drain'
 import { createHttpTerminator } from 'http-terminator'
 import { createTerminus } from '@godaddy/terminus'
-import { drainVariants, type DrainVariant } from './variants.js'
+import { drainVariants, loadPlugin, type DrainVariant } from './variants.js'
 
 const variant = process.env.VARIANT as DrainVariant
-if (!drainVariants.includes(variant)) throw new Error(`VARIANT must be one of ${drainVariants.join(', ')}; got ${variant}`)
+if (![...drainVariants, 'baseline'].includes(variant)) throw new Error(`VARIANT must be one of ${drainVariants.join(', ')}; got ${variant}`)
 const slowExpected = Number(process.env.SLOW_EXPECTED ?? 0)
 const resultFile = process.env.RESULT_FILE as string
 /** Big enough that "answered in full" means something: more than one TCP segment. */
 const SLOW_BODY = JSON.stringify({ slow: true, padding: 'x'.repeat(16 * 1024) })
 
 // The plugin logs its start line and report, as it would in production; the peers log nothing.
-const app: FastifyInstance = Fastify({ logger: variant === 'plugin' ? { level: 'info' } : false })
+const plugin = variant === 'plugin' || variant === 'baseline'
+const app: FastifyInstance = Fastify({ logger: plugin ? { level: 'info' } : false })
 // drainDelay 0 alone: no delay means no delay, the quiet-period extension does not run either.
-if (variant === 'plugin') await app.register(gracefulDrain, { drainDelay: 0 })
+if (plugin) await app.register(await loadPlugin(variant), { drainDelay: 0 })
 
 let slowArrived = 0
 app.get('/', async () => ({ hello: 'world' }))

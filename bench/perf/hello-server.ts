@@ -6,17 +6,18 @@
  * Nothing here logs: a logger would cost more than what is being measured.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import gracefulDrain from 'fastify-graceful-drain'
 import { createHttpTerminator } from 'http-terminator'
 import { createTerminus } from '@godaddy/terminus'
 import closeWithGrace from 'close-with-grace'
 
-import { helloVariants as variants, type HelloVariant as Variant } from './variants.js'
+import { helloVariants, loadPlugin, type HelloVariant as Variant } from './variants.js'
+
+const variants: readonly Variant[] = [...helloVariants, 'baseline']
 
 /** Each peer set up the way its README says, with its defaults, around the same app. */
 async function build (variant: Variant): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
-  if (variant === 'plugin') await app.register(gracefulDrain)
+  if (variant === 'plugin' || variant === 'baseline') await app.register(await loadPlugin(variant))
   if (variant === 'naive-hooks') {
     // The hand-written in-flight counter most apps start with: two hooks and a closure per request.
     let inFlight = 0
