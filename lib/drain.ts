@@ -218,9 +218,9 @@ export class Drain {
       this.#watchdog = armExitWatchdog(watchdogAt(deadline.startedAt, this.#options), {})
     }
     this.#state.moveTo('draining')
+    this.#tracker.startDraining()
     this.#openAtStart = this.#tracker.size
     this.#inFlightAtStart = this.#tracker.inFlight
-    this.#tracker.startDraining()
     // Before the signal aborts: participants see what is open before the app's handlers react to it.
     this.#participants.draining(deadline)
     this.#aborter.abort(new Error(`drain started: ${reason}`))

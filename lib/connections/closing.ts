@@ -62,8 +62,10 @@ export async function closeConnections (tracker: ConnectionTracker, budgetMs: nu
   // Aborting on expiry ends the loop below: a settled budgetSpent alone would make every
   // Promise.race settle at once, a microtask loop that starves every timer, the deadline's too.
   const budgetSpent = sleep(budgetMs, budget.signal).then(() => budget.abort())
+  // The first scan before whenEmpty(): it is what puts the sockets left open in the tracker's Set.
+  const first = closeIdle(tracker, stallTimeout)
+  let scanAt = first === undefined ? Infinity : now() + first
   const empty = tracker.whenEmpty()
-  let scanAt = now()
   let timerAt = Infinity
   let timer: Promise<void> | undefined
   const onChange = (): void => { scanAt = Math.min(scanAt, now() + LINGER_MS) }
@@ -109,53 +111,67 @@ export function closeIdle (tracker: ConnectionTracker, stallTimeout: number = de
   tracker.startClosing()
   const at = now()
   let recheck = Infinity
-  for (const conn of tracker.connections) {
-    if (waitingOnClient(tracker, conn)) {
-      const read = conn.reader.bytesRead
-      if (read !== conn.stallBytes) {
-        conn.stallBytes = read
-        conn.stallSince = at
-      }
-      const dueIn = conn.stallSince + stallTimeout - at
-      if (dueIn <= 0) {
-        cutStalled(tracker, conn)
-        continue
-      }
-      recheck = Math.min(recheck, dueIn)
-    } else {
-      // Not waiting now (answered, paused by us): the clock starts afresh if it waits again.
-      conn.stallBytes = -1
-    }
-    if (conn.upgraded || conn.inFlight > 0) continue
-    // Unread bytes: a request is arriving (or a slowloris is trickling one); never cut it here.
-    if (conn.reader.bytesRead > conn.bytesAtRest) continue
-    if (conn.socket.writableEnded) {
-      conn.endedAt ??= at
-      const lingerFor = conn.endedAt + LINGER_MS - at
-      if (lingerFor > 0) recheck = Math.min(recheck, lingerFor)
-      else conn.socket.destroy()
-      continue
-    }
-    const freshFor = conn.acceptedAt + FRESH_SOCKET_GRACE_MS - at
-    if (conn.served === 0 && freshFor > 0) {
-      recheck = Math.min(recheck, freshFor)
-      continue
-    }
-    // Plain HTTP/1 with nothing left to write: close() sends the same FIN that end()
-    // would, with no peer FIN to wait for. At 10,000 idle sockets, ending them and
-    // lingering for the peers' FINs cost 2.2× the CPU and the client's pace.
-    // TLS (close_notify) and HTTP/2 (GOAWAY) sockets are ended and linger.
-    if (tracker.plainHttp1 && conn.reader === conn.socket && conn.socket.writableLength === 0) {
-      conn.socket.destroy()
-      // destroy() has closed the fd (the FIN is out): forget it now rather than at its
-      // 'close' event, so the drain goes on without waiting for 10,000 of them to be emitted.
-      tracker.forget(conn)
-      continue
-    }
-    endGracefully(conn)
-    recheck = Math.min(recheck, LINGER_MS)
+  // The first scan reads Node's own list of sockets (tracker.ts, deferred tracking); only those it keeps join the tracker's Set.
+  for (const conn of tracker.open()) {
+    const next = visit(tracker, conn, at, stallTimeout)
+    if (next === CLOSED) continue
+    tracker.keep(conn)
+    if (next < recheck) recheck = next
   }
   return recheck === Infinity ? undefined : recheck
+}
+
+/** visit() closed the socket and the tracker has forgotten it. */
+const CLOSED = -1
+
+/**
+ * One socket, one scan: closes it (CLOSED), or keeps it and returns when it
+ * should be looked at again (ms; Infinity: only when something changes).
+ */
+function visit (tracker: ConnectionTracker, conn: Connection, at: number, stallTimeout: number): number {
+  // Read once: on a live socket it is a call into the handle.
+  const read = conn.reader.bytesRead
+  let recheck = Infinity
+  if (waitingOnClient(tracker, conn, read)) {
+    if (read !== conn.stallBytes) {
+      conn.stallBytes = read
+      conn.stallSince = at
+    }
+    const dueIn = conn.stallSince + stallTimeout - at
+    if (dueIn <= 0) {
+      cutStalled(tracker, conn)
+      return CLOSED
+    }
+    recheck = dueIn
+  } else {
+    // Not waiting now (answered, paused by us): the clock starts afresh if it waits again.
+    conn.stallBytes = -1
+  }
+  if (conn.upgraded || conn.inFlight > 0) return recheck
+  // Unread bytes: a request is arriving (or a slowloris is trickling one); never cut it here.
+  if (read > conn.bytesAtRest) return recheck
+  if (conn.socket.writableEnded) {
+    conn.endedAt ??= at
+    const lingerFor = conn.endedAt + LINGER_MS - at
+    // Destroyed after its linger: forgotten at its 'close', like any socket that closes.
+    if (lingerFor <= 0) conn.socket.destroy()
+    return lingerFor > 0 ? Math.min(recheck, lingerFor) : recheck
+  }
+  const freshFor = conn.acceptedAt + FRESH_SOCKET_GRACE_MS - at
+  if (conn.served === 0 && freshFor > 0) return Math.min(recheck, freshFor)
+  // Plain HTTP/1 with nothing left to write: close() sends the same FIN that end()
+  // would, with no peer FIN to wait for. At 10,000 idle sockets, ending them and
+  // lingering for the peers' FINs cost 2.2× the CPU and the client's pace.
+  // TLS (close_notify) and HTTP/2 (GOAWAY) sockets are ended and linger.
+  if (tracker.plainHttp1 && conn.reader === conn.socket && conn.socket.writableLength === 0) {
+    conn.socket.destroy()
+    // destroy() has closed the fd (the FIN is out): forget it now rather than at its
+    // 'close' event, so the drain goes on without waiting for 10,000 of them to be emitted.
+    tracker.forget(conn)
+    return CLOSED
+  }
+  endGracefully(conn)
+  return Math.min(recheck, LINGER_MS)
 }
 
 /**
@@ -180,11 +196,12 @@ export function endGracefully (conn: Connection): boolean {
  * "unread", and Node bounds sessions itself), except while a TLS handshake is
  * still under way: a ClientHello cut short is a stall on any TLS server.
  */
-function waitingOnClient (tracker: ConnectionTracker, conn: Connection): boolean {
+function waitingOnClient (tracker: ConnectionTracker, conn: Connection, read: number): boolean {
   if (conn.upgraded) return false
   if (!tracker.http1 && !(tracker.secure && conn.reader === conn.socket)) return false
+  if (conn.inFlight === 0 && read <= conn.bytesAtRest) return false
   if (conn.reader.isPaused()) return false
-  if (conn.inFlight === 0) return conn.reader.bytesRead > conn.bytesAtRest
+  if (conn.inFlight === 0) return true
   const req = conn.response?.req
   return req !== undefined && !req.complete
 }
@@ -206,7 +223,9 @@ function cutStalled (tracker: ConnectionTracker, conn: Connection): void {
  */
 export function destroyRemaining (tracker: ConnectionTracker): string[] {
   const cut: string[] = tracker.takeEarlyCuts()
-  for (const conn of tracker.connections) {
+  for (const conn of tracker.open()) {
+    // In the Set until its 'close', like every socket the drain did not close itself.
+    tracker.keep(conn)
     if (conn.streams !== undefined && conn.streams.size > 0) for (const res of conn.streams) cut.push(routeOf(res.req))
     else if (conn.response !== undefined) cut.push(routeOf(conn.response.req))
     else if (conn.upgraded) cut.push('(upgraded connection)')

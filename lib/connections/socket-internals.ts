@@ -60,6 +60,50 @@ export function keepConnectionsOnClose (server: NetServer): void {
   })
 }
 
+/** What Node's http server keeps per HTTP/1 connection, in its `ConnectionsList`. */
+interface ListedParser { socket: Socket | null | undefined }
+interface ConnectionsList { all (): ListedParser[] }
+
+/**
+ * The sockets an http.Server is serving over HTTP/1, from Node's own list of
+ * them (`server[kConnections]`, a `ConnectionsList` in _http_server.js, the one
+ * `closeAllConnections()` walks: present on Node 18.2+, 20, 22 and 24, created
+ * when the server starts listening). Every accepted socket is in it until its
+ * 'close' (or its upgrade) takes its parser out, so the tracker needs no
+ * per-socket Set entry or 'close' listener before the drain (tracker.ts,
+ * "deferred"). Undefined when the list cannot be found (not listening yet, or a
+ * Node that renamed it): the tracker then tracks every socket itself.
+ */
+export function listedSockets (server: NetServer): Socket[] | undefined {
+  const list = connectionsList(server)
+  if (list === undefined) return undefined
+  const sockets: Socket[] = []
+  for (const parser of list.all()) if (parser.socket != null) sockets.push(parser.socket)
+  return sockets
+}
+
+/**
+ * How many sockets `server` has open: net.Server's own count (`_connections`,
+ * which `getConnections()` reports asynchronously), up at accept and down at
+ * destroy, upgraded sockets included. O(1), where listedSockets() walks them
+ * all; falls back to that walk where the count cannot be read.
+ */
+export function openCount (server: NetServer): number {
+  const count = (server as NetServer & { _connections?: unknown })._connections
+  return typeof count === 'number' ? count : listedSockets(server)?.length ?? 0
+}
+
+/** Whether listedSockets() can read `server`'s sockets: asked once per server, at its first connection. */
+export function hasConnectionsList (server: NetServer): boolean {
+  return connectionsList(server) !== undefined
+}
+
+function connectionsList (server: NetServer): ConnectionsList | undefined {
+  const key = Object.getOwnPropertySymbols(server).find(symbol => symbol.description === 'http.server.connections')
+  const list: unknown = key === undefined ? undefined : (server as unknown as Record<symbol, unknown>)[key]
+  return typeof (list as Partial<ConnectionsList> | undefined)?.all === 'function' ? list as ConnectionsList : undefined
+}
+
 /**
  * A TLS socket wraps the TCP socket the server accepted; `_parent` is the only
  * link back to it, and we track connections from the TCP `connection` event so

@@ -6,13 +6,15 @@ import { Server as Http1Server, type IncomingMessage, type Server, type ServerRe
 import { Server as HttpsServer } from 'node:https'
 import { Server as TlsServer } from 'node:tls'
 import { now } from '../deadline.js'
-import { attachedResponse, closeAfterResponse, keepAliveAfterAll, parentSocket, secondaryServers } from './socket-internals.js'
+import { attachedResponse, closeAfterResponse, hasConnectionsList, keepAliveAfterAll, listedSockets, openCount, parentSocket, secondaryServers } from './socket-internals.js'
 import { recordArrival, type Arrivals } from './arrivals.js'
 import { endGracefully } from './closing.js'
 
 export type { Arrivals } from './arrivals.js'
 
 const kConnection = Symbol('fastify-graceful-drain.connection')
+/** Deferred tracking: when the socket was accepted, all it carries until its first request. */
+const kAcceptedAt = Symbol('fastify-graceful-drain.acceptedAt')
 
 /** One client socket, as the closing policy (closing.ts) sees it. */
 export interface Connection {
@@ -47,9 +49,22 @@ export interface Connection {
   endedAt: number | undefined
   /** HTTP/2 only: the streams in flight on the session, so each is named if it is cut. */
   streams: Set<ServerResponse> | undefined
+  /** Its socket's 'close' reaches the tracker: always once tracked, before that only if requests were pipelined on it. */
+  watched: boolean
+  /** Closed, as far as the books go: counted once, whether it was in the Set or not (forget). */
+  gone: boolean
+  /** In the tracker's list of sockets with a request in flight (#busy), linked through `prev`/`next`: no allocation per request. */
+  busy: boolean
+  prev: Connection | undefined
+  next: Connection | undefined
 }
 
-type TrackedSocket = Socket & { [kConnection]?: Connection }
+/** Events on which Node hands a socket over to the app, out of HTTP (WebSocket upgrades, CONNECT tunnels). */
+const TAKEOVERS = ['upgrade', 'connect'] as const
+type Takeover = typeof TAKEOVERS[number]
+const isTakeover = (event: string | symbol): event is Takeover => event === 'upgrade' || event === 'connect'
+
+type TrackedSocket = Socket & { [kConnection]?: Connection, [kAcceptedAt]?: number }
 /** Marks a response to a path in `quietPeriodIgnore`: in flight, but not traffic for the quiet period. */
 const kBackground = Symbol('fastify-graceful-drain.background')
 /** Only HTTP/2 responses carry their connection: once a stream has closed, its `req.socket` proxy no longer reaches the session's socket. */
@@ -83,10 +98,26 @@ export class ConnectionTracker {
   readonly #emptyWaiters: Array<() => void> = []
   readonly #changeWaiters: Array<() => void> = []
   #inFlight = 0
+  /** Probes being answered: with #inFlight, whether any response at all is being written. */
+  #probesInFlight = 0
   /** In flight and not background: what the quiet period waits for. */
   #trafficInFlight = 0
   #arrivals: Map<string, Arrivals> | undefined
   #draining = false
+  /**
+   * Deferred tracking (plain HTTP/1, until the listener closes): a socket costs a time stamp,
+   * and a record at its first request, but no Set entry and no 'close' listener. Node's own
+   * list of each server's connections (socket-internals.ts, listedSockets) is read instead,
+   * at the first closing scan (open()); the sockets that scan leaves open join the Set
+   * (keep()), and every socket accepted after it is tracked in full. A new connection per
+   * request costs that much less, and the 10,000 idle sockets a drain closes at once never
+   * enter the Set at all (bench/README.md). TLS and HTTP/2 servers are tracked in full from
+   * the start: a socket in its TLS handshake is not in Node's list, and HTTP/2 sessions are
+   * few and long-lived.
+   */
+  #deferred: boolean
+  /** The servers whose connection lists deferred tracking has found: one lookup per server, not per socket. */
+  readonly #listed: Server[] = []
   #closing = false
   #lastRequestAt = -Infinity
   #lastActivityAt = -Infinity
@@ -110,6 +141,7 @@ export class ConnectionTracker {
     this.#plainHttp1 = server instanceof Http1Server
     this.#http1 = this.#plainHttp1 || server instanceof HttpsServer
     this.#secure = server instanceof TlsServer
+    this.#deferred = this.#plainHttp1
     this.#isProbe = isProbe
     this.#isBackground = isBackground
     const tracker = this
@@ -117,10 +149,10 @@ export class ConnectionTracker {
     this.#onResponseClose = function () { tracker.#responseEnded(this, false) }
     this.#onProbeClose = function () { tracker.#responseEnded(this, true) }
     this.#listen(server)
-    // Upgrades are tracked only while the app itself listens for them: see #onListenerAdded.
+    // Upgrades (and CONNECT tunnels) are tracked only while the app itself listens for them: see #onListenerAdded.
     server.on('newListener', this.#onListenerAdded)
     server.on('removeListener', this.#onListenerRemoved)
-    if (server.listenerCount('upgrade') > 0) this.#watchUpgrades(true)
+    for (const event of TAKEOVERS) if (server.listenerCount(event) > 0) this.#watchTakeovers(event, true)
   }
 
   #listen (server: Server): void {
@@ -155,16 +187,21 @@ export class ConnectionTracker {
     }
     this.#server.removeListener('newListener', this.#onListenerAdded)
     this.#server.removeListener('removeListener', this.#onListenerRemoved)
-    this.#watchUpgrades(false)
+    for (const event of TAKEOVERS) this.#watchTakeovers(event, false)
   }
 
-  #watchingUpgrades = false
+  /** The takeover events the tracker listens to now. */
+  readonly #watching = new Set<Takeover>()
 
-  #watchUpgrades (on: boolean): void {
-    if (on === this.#watchingUpgrades) return
-    this.#watchingUpgrades = on
-    if (on) this.#server.on('upgrade', this.#onUpgrade)
-    else this.#server.removeListener('upgrade', this.#onUpgrade)
+  #watchTakeovers (event: Takeover, on: boolean): void {
+    if (on === this.#watching.has(event)) return
+    if (on) {
+      this.#watching.add(event)
+      this.#server.on(event, this.#onUpgrade)
+    } else {
+      this.#watching.delete(event)
+      this.#server.removeListener(event, this.#onUpgrade)
+    }
   }
 
   /**
@@ -175,16 +212,18 @@ export class ConnectionTracker {
    * of ours alone made every such request (curl --http2's `Upgrade: h2c`, `Upgrade: websocket`
    * to any route) vanish unanswered into it, and its socket outside Node's request timeouts.
    * 'newListener' is emitted before the app's listener is added, so ours comes first.
+   * The same for 'connect' (an app that serves CONNECT tunnels): Node takes both kinds of
+   * socket out of its own list of connections, which deferred tracking reads at the drain.
    */
   readonly #onListenerAdded = (event: string | symbol, listener: unknown): void => {
-    if (event === 'upgrade' && listener !== this.#onUpgrade) this.#watchUpgrades(true)
+    if (isTakeover(event) && listener !== this.#onUpgrade) this.#watchTakeovers(event, true)
   }
 
   /** 'removeListener' comes after the removal: once only ours is left, ours goes too. */
   readonly #onListenerRemoved = (event: string | symbol, listener: unknown): void => {
-    if (event !== 'upgrade') return
-    if (listener === this.#onUpgrade) this.#watchingUpgrades = false
-    else if (this.#watchingUpgrades && this.#server.listenerCount('upgrade') === 1) this.#watchUpgrades(false)
+    if (!isTakeover(event)) return
+    if (listener === this.#onUpgrade) this.#watching.delete(event)
+    else if (this.#watching.has(event) && this.#server.listenerCount(event) === 1) this.#watchTakeovers(event, false)
   }
 
   get inFlight (): number {
@@ -196,13 +235,54 @@ export class ConnectionTracker {
     return this.#trafficInFlight
   }
 
+  /** Open sockets. While tracking is deferred, Node's own count (upgraded sockets, the only ones in the Set then, included). */
   get size (): number {
-    return this.#connections.size
+    return this.#deferred ? this.#openInServers() : this.#connections.size
   }
 
-  /** The open connections, for the closing policy (closing.ts). */
-  get connections (): ReadonlySet<Connection> {
-    return this.#connections
+  #openInServers (): number {
+    let open = 0
+    for (const server of this.#servers) open += openCount(server)
+    return open
+  }
+
+  /**
+   * Every open connection, for a closing scan (closing.ts). The first call ends deferred
+   * tracking: the sockets Node lists are handed out without joining the Set, the closing
+   * policy keep()s those it leaves open, and from then on every new socket is tracked in full.
+   */
+  open (): Iterable<Connection> {
+    if (!this.#deferred) return this.#connections
+    return [...this.#connections, ...this.#endDeferral()]
+  }
+
+  /** While tracking is deferred during a drain: what the report's closedGracefully is worked out from (#endDeferral). */
+  #openAtStart = 0
+  #acceptedInDelay = 0
+
+  /**
+   * Ends deferred tracking; returns the records of the sockets Node lists now (every
+   * socket the tracker saw accepted). Those that closed since the drain started had no
+   * 'close' listener to count them, so the report's closedGracefully counts them here:
+   * open at the start, plus accepted since, less open now (Node's counts). The drain
+   * destroys nothing before this point, and forget() counts nothing until it.
+   */
+  #endDeferral (): Connection[] {
+    this.#deferred = false
+    const records: Connection[] = []
+    for (const server of this.#servers) {
+      for (const socket of listedSockets(server) ?? []) {
+        const conn = this.#recordOf(socket as TrackedSocket)
+        if (conn !== undefined) records.push(conn)
+      }
+    }
+    if (this.#draining) this.#closedGracefully += this.#openAtStart + this.#acceptedInDelay - this.#openInServers()
+    return records
+  }
+
+  /** The closing policy leaves `conn` open for now: it joins the Set, and its 'close' reaches the tracker. */
+  keep (conn: Connection): void {
+    this.#track(conn)
   }
 
   /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
@@ -275,7 +355,7 @@ export class ConnectionTracker {
     let upgraded = 0
     for (const conn of this.#connections) if (conn.upgraded) upgraded++
     return {
-      open: this.#connections.size,
+      open: this.size,
       inFlight: this.#inFlight,
       servedDuringDrain: this.#servedDuringDrain,
       closedGracefully: this.#closedGracefully,
@@ -290,8 +370,10 @@ export class ConnectionTracker {
    * listener closes, see #responseEnded).
    */
   startDraining (): void {
+    if (this.#deferred) this.#openAtStart = this.#openInServers()
     this.#draining = true
-    for (const conn of this.#connections) {
+    if (this.#inFlight + this.#probesInFlight === 0) return
+    for (const conn of this.#withRequests()) {
       if (conn.response !== undefined && conn.streams === undefined) this.#markLast(conn, conn.response)
     }
   }
@@ -320,8 +402,12 @@ export class ConnectionTracker {
   }
 
   /** The response being written on each socket (on HTTP/2, the latest stream), for the report's event-stream counts. */
-  * responses (): Generator<ServerResponse> {
-    for (const conn of this.#connections) if (conn.response !== undefined) yield conn.response
+  responses (): ServerResponse[] {
+    const responses: ServerResponse[] = []
+    // Probes are never event streams: with no other response in flight, no walk of every socket.
+    if (this.#inFlight === 0) return responses
+    for (const conn of this.#withRequests()) if (conn.response !== undefined) responses.push(conn.response)
+    return responses
   }
 
   /** Sockets upgraded away from HTTP (WebSocket): Node's own bookkeeping no longer sees them. */
@@ -329,8 +415,9 @@ export class ConnectionTracker {
     for (const conn of this.#connections) if (conn.upgraded) yield conn.socket
   }
 
-  /** Resolves when no tracked socket is left open. */
+  /** Resolves when no tracked socket is left open. Call it after the first open(): before, the Set does not hold them all. */
   whenEmpty (): Promise<void> {
+    this.#trackAll()
     if (this.#connections.size === 0) return Promise.resolve()
     return new Promise(resolve => { this.#emptyWaiters.push(resolve) })
   }
@@ -339,11 +426,90 @@ export class ConnectionTracker {
     if (this.#changeWaiters.length > 0) for (const resolve of this.#changeWaiters.splice(0)) resolve()
   }
 
+  /**
+   * Ends deferred tracking with every socket Node lists in the Set, each with its 'close'
+   * listener, as if tracked from the start: when a server without Node's list turns up, or
+   * when someone waits for the Set to empty before any closing scan. Sockets accepted before
+   * the plugin was registered carry no time stamp and stay untracked, as they would have been.
+   */
+  #trackAll (): void {
+    if (!this.#deferred) return
+    for (const conn of this.#endDeferral()) this.#track(conn)
+  }
+
+  /** The head of the list of connections with a request in flight: walked at the drain's start instead of every socket. */
+  #busy: Connection | undefined
+
+  /** Every connection with a request in flight. */
+  #withRequests (): Connection[] {
+    const busy: Connection[] = []
+    for (let conn = this.#busy; conn !== undefined; conn = conn.next) busy.push(conn)
+    return busy
+  }
+
+  #link (conn: Connection): void {
+    conn.busy = true
+    conn.next = this.#busy
+    if (this.#busy !== undefined) this.#busy.prev = conn
+    this.#busy = conn
+  }
+
+  #unlink (conn: Connection): void {
+    if (!conn.busy) return
+    conn.busy = false
+    if (conn.prev === undefined) this.#busy = conn.next
+    else conn.prev.next = conn.next
+    if (conn.next !== undefined) conn.next.prev = conn.prev
+    conn.prev = conn.next = undefined
+  }
+
+  /** The socket's record, created at its first request (deferred) or found; undefined for a socket the tracker never saw accepted. */
+  #recordOf (socket: TrackedSocket): Connection | undefined {
+    const conn = socket[kConnection]
+    if (conn !== undefined) return conn
+    const acceptedAt = socket[kAcceptedAt]
+    return acceptedAt === undefined ? undefined : this.#newRecord(socket, acceptedAt)
+  }
+
+  #track (conn: Connection): void {
+    this.#watch(conn)
+    this.#connections.add(conn)
+  }
+
+  #watch (conn: Connection): void {
+    if (conn.watched) return
+    conn.watched = true
+    conn.socket.on('close', this.#onSocketClose)
+  }
+
   readonly #onConnection = (socket: TrackedSocket): void => {
+    if (this.#deferred) {
+      if (this.#listsSocketsOf((socket as Socket & { server?: Server }).server)) {
+        socket[kAcceptedAt] = now()
+        if (this.#draining) this.#acceptedInDelay++
+        return
+      }
+      // A server (or a Node) without the list: every socket is tracked in full from here on.
+      if (this.#draining) this.#acceptedInDelay++
+      this.#trackAll()
+    }
+    this.#track(this.#newRecord(socket, now()))
+  }
+
+  /** Whether Node lists `server`'s sockets, so that deferred tracking can find them at the drain. */
+  #listsSocketsOf (server: Server | undefined): boolean {
+    if (server === undefined) return false
+    if (this.#listed.includes(server)) return true
+    if (!this.#servers.includes(server) || !hasConnectionsList(server)) return false
+    this.#listed.push(server)
+    return true
+  }
+
+  #newRecord (socket: TrackedSocket, acceptedAt: number): Connection {
     const conn: Connection = {
       socket,
       reader: socket,
-      acceptedAt: now(),
+      acceptedAt,
       inFlight: 0,
       probesInFlight: 0,
       backgroundInFlight: 0,
@@ -356,11 +522,15 @@ export class ConnectionTracker {
       stallBytes: -1,
       stallSince: 0,
       endedAt: undefined,
-      streams: undefined
+      streams: undefined,
+      watched: false,
+      gone: false,
+      busy: false,
+      prev: undefined,
+      next: undefined
     }
     socket[kConnection] = conn
-    this.#connections.add(conn)
-    socket.on('close', this.#onSocketClose)
+    return conn
   }
 
   readonly #onSecureConnection = (tlsSocket: TrackedSocket): void => {
@@ -384,8 +554,10 @@ export class ConnectionTracker {
       const background = conn.backgroundInFlight - (closing === 1 && (attached as TrackedResponse)[kBackground] === true ? 1 : 0)
       const queued = conn.inFlight - closing
       this.#inFlight -= queued - probes
+      this.#probesInFlight -= probes
       this.#trafficInFlight -= queued - probes - background
       conn.inFlight -= queued
+      if (conn.inFlight === 0) this.#unlink(conn)
       conn.probesInFlight -= probes
       conn.backgroundInFlight -= background
       if (this.#draining && queued > probes + background) this.#lastActivityAt = now()
@@ -395,8 +567,11 @@ export class ConnectionTracker {
 
   /** Stops tracking `conn`: at its socket's 'close', or as soon as the closing policy destroyed it. */
   forget (conn: Connection | undefined): void {
-    if (conn === undefined || !this.#connections.delete(conn)) return
-    if (this.#draining && !conn.cut) this.#closedGracefully++
+    if (conn === undefined || conn.gone) return
+    conn.gone = true
+    this.#connections.delete(conn)
+    // While tracking is deferred, #endDeferral counts every socket that closed, from Node's counts.
+    if (this.#draining && !conn.cut && !this.#deferred) this.#closedGracefully++
     if (this.#connections.size === 0) {
       for (const resolve of this.#emptyWaiters.splice(0)) resolve()
     }
@@ -405,12 +580,13 @@ export class ConnectionTracker {
   #responseEnded (res: ServerResponse, probe: boolean): void {
     const conn = (res as TrackedResponse)[kConnection] ?? (res.req.socket as TrackedSocket)[kConnection]
     const background = (res as TrackedResponse)[kBackground] === true
-    if (!probe) {
+    if (probe) this.#probesInFlight--
+    else {
       this.#inFlight--
       if (!background) this.#trafficInFlight--
     }
     if (conn === undefined) return
-    conn.inFlight--
+    if (--conn.inFlight === 0) this.#unlink(conn)
     if (probe) conn.probesInFlight--
     else if (background) conn.backgroundInFlight--
     if (conn.response === res) conn.response = undefined
@@ -432,14 +608,16 @@ export class ConnectionTracker {
    * request that is not a probe: counters, and one listener created once.
    */
   readonly #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    const conn = (req.socket as TrackedSocket)[kConnection]
+    const conn = this.#recordOf(req.socket as TrackedSocket)
     if (conn === undefined) {
       if (this.#draining) closeAfterResponse(res)
       return
     }
     // HTTP/2 never says Connection: close (the header is forbidden there): its sessions get GOAWAY.
     if (this.#draining && req.httpVersionMajor === 1) this.#markLast(conn, res)
-    conn.inFlight++
+    // Pipelined requests: only the socket's 'close' can settle the ones queued behind the first (#socketClosed).
+    if (++conn.inFlight === 1) this.#link(conn)
+    else this.#watch(conn)
     conn.served++
     conn.response = res
     if (req.httpVersionMajor === 2) {
@@ -448,6 +626,7 @@ export class ConnectionTracker {
     }
     if (this.#isProbe(req.url)) {
       conn.probesInFlight++
+      this.#probesInFlight++
       res.on('close', this.#onProbeClose)
       return
     }
@@ -468,8 +647,11 @@ export class ConnectionTracker {
   }
 
   readonly #onUpgrade = (req: IncomingMessage): void => {
-    const conn = (req.socket as TrackedSocket)[kConnection]
-    if (conn !== undefined) conn.upgraded = true
+    const conn = this.#recordOf(req.socket as TrackedSocket)
+    if (conn === undefined) return
+    conn.upgraded = true
+    // Node takes an upgraded (or CONNECT) socket out of its list: from now on only the tracker knows it.
+    this.#track(conn)
   }
 }
 
