@@ -19,6 +19,7 @@ import type { CloserFunction, CloserOptions } from './closers.js'
 import { BackgroundWork, backgroundWorkParticipant, type BackgroundWorkInput } from './background-work.js'
 import { joinAppClose } from './app-close.js'
 import { installCrashDrain } from './crash.js'
+import { standbyWatchdog } from './watchdog.js'
 import { requestSignalAt } from './protocols/request-signal.js'
 import { warnAboutTimeouts } from './kubernetes/timeout-audit.js'
 import { takeOverSignals } from './coexistence/fastify-cli.js'
@@ -162,6 +163,8 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     })
   }
   fastify.addHook('onListen', async () => {
+    // The watchdog's thread boots now, not at the signal, when its boot would take the drain's CPU (watchdog.ts).
+    if (options.exit === true) participants.add({ name: 'watchdog', dispose: standbyWatchdog() })
     drain.markReady()
     // For the group's report: a closed server has no address left to read.
     addresses = fastify.addresses().map(a => typeof a === 'string' ? a : a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`)

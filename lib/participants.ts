@@ -30,6 +30,8 @@ export const ORDER = [
   'crash',
   // dispose only: close-with-grace's listener goes back if the app closes without a drain (coexistence/fastify-cli.ts).
   'close-with-grace',
+  // dispose only: the standby watchdog thread ends if the app closes without a drain (watchdog.ts).
+  'watchdog',
   'connections',
   // dispose, last: the health port outlives the rest of the teardown, so the kubelet gets an answer to the very end.
   'health-port'

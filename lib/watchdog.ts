@@ -14,8 +14,14 @@ import { Worker } from 'node:worker_threads'
  * main thread. The exit status is therefore 137 (128 + SIGKILL), what the
  * kubelet's own kill would have shown, but before the grace period is over.
  *
- * The worker starts at the signal, not at startup, so a healthy process pays
- * nothing for it; it is unref'd, so it never keeps the process alive by itself.
+ * The thread is started ahead of the signal, when the app starts listening
+ * (standbyWatchdog(), only when the drain is to end the process), and waits
+ * idle for a deadline: booting a worker is a whole Node environment, 60–80 ms
+ * of CPU on a small VM, and started at the signal it was paid for by the
+ * drain (on a pod's one core, 90 ms more from SIGTERM to exit with 10,000 idle
+ * connections), and again at exit by a drain shorter than the boot (exit waits
+ * for the thread). The price is one idle thread, about 10 MB of RSS. It is
+ * unref'd, so it never keeps the process alive by itself.
  */
 export interface Watchdog {
   /** Stops the watchdog: the drain ended without exiting the process (`exit: false` or a function). */
@@ -23,16 +29,45 @@ export interface Watchdog {
 }
 
 // Plain JavaScript, evaluated in the worker: the package ships no second entry point for it.
+// It waits for its deadline, then for that time; 'disarm' ends it.
 const WORKER_SOURCE = `
-const { workerData } = require('node:worker_threads')
+const { parentPort } = require('node:worker_threads')
 const { writeSync } = require('node:fs')
-// An absolute time, not a delay: the worker's own start-up (tens of ms, more on a busy machine) must not push it back.
-setTimeout(() => {
-  // One line on stderr, written without blocking: its reader may be as stuck as stdout's.
-  try { writeSync(2, workerData.line + '\\n') } catch {}
-  process.kill(process.pid, 'SIGKILL')
-}, Math.max(0, workerData.at - (performance.timeOrigin + performance.now())))
+parentPort.on('message', message => {
+  if (message === 'disarm') return process.exit(0)
+  // An absolute time, not a delay: the message's own trip must not push it back.
+  setTimeout(() => {
+    // One line on stderr, written without blocking: its reader may be as stuck as stdout's.
+    try { writeSync(2, message.line + '\\n') } catch {}
+    process.kill(process.pid, 'SIGKILL')
+  }, Math.max(0, message.at - (performance.timeOrigin + performance.now())))
+})
 `
+
+/** A started watchdog thread, waiting for its deadline. */
+interface Thread { worker: Worker | undefined }
+
+/** The thread started ahead of the signal, shared by every app of the process that holds it. */
+let standby: Thread | undefined
+let holders = 0
+
+/**
+ * Starts the watchdog thread now, for a drain to arm later (armExitWatchdog).
+ * Returns the release: the last holder to release it (an app closing without a
+ * drain) ends the thread, unless a drain has taken it.
+ */
+export function standbyWatchdog (): () => void {
+  holders++
+  standby ??= startThread()
+  let released = false
+  return () => {
+    if (released) return
+    released = true
+    if (--holders > 0 || standby === undefined) return
+    end(standby)
+    standby = undefined
+  }
+}
 
 /**
  * When the watchdog fires, for a drain (or a drain group) that started at
@@ -60,6 +95,40 @@ export function armExitWatchdog (at: number, who: Record<string, string>): Watch
   }))
 }
 
+/**
+ * Arms the watchdog to end the process `delayMs` from now, on the standby
+ * thread if there is one (it is taken: one deadline per thread), else on a new
+ * one. `line` is the JSON log line it writes to stderr first (best effort:
+ * that pipe may be full too).
+ */
+export function armWatchdog (delayMs: number, line: string): Watchdog {
+  const thread = standby ?? startThread()
+  standby = undefined
+  thread.worker?.postMessage({ at: performance.timeOrigin + performance.now() + Math.max(0, delayMs), line })
+  return { disarm: () => end(thread) }
+}
+
+function end (thread: Thread): void {
+  // A message, not terminate(): the thread exits at once if it is idle, and a terminate()
+  // racing its boot is what process.exit() would then have to wait for.
+  thread.worker?.postMessage('disarm')
+  thread.worker = undefined
+}
+
+function startThread (): Thread {
+  try {
+    const before = threadIds()
+    const worker = new Worker(WORKER_SOURCE, { eval: true, stdout: false, stderr: false })
+    yieldToTheDrain(before)
+    worker.unref()
+    // A worker that cannot run (no threads left, a sandbox) must not crash the drain: the main-thread guards remain.
+    worker.on('error', () => {})
+    return { worker }
+  } catch {
+    return { worker: undefined }
+  }
+}
+
 /** This process's threads (Linux: /proc/self/task), or undefined where they cannot be listed. */
 function threadIds (): Set<string> | undefined {
   try {
@@ -70,15 +139,11 @@ function threadIds (): Set<string> | undefined {
 }
 
 /**
- * Booting a worker is a whole Node environment: 60–80 ms of CPU on a small VM,
- * which on a pod's one core was taken from the drain itself (90 ms more from
- * SIGTERM to exit with 10,000 idle connections and no delay; bench/README.md).
  * The new thread (the one that was not there before `new Worker()`, which
- * starts it synchronously) gets the lowest priority, nice 19: it boots on time
- * when the main thread waits (the drain is mostly waiting) or on another core,
- * and takes a 1.4 % share of a core the drain keeps busy. Its timer then needs
+ * starts it synchronously) gets the lowest priority, nice 19 (Linux): its boot
+ * runs when the app's main thread waits, or on another core, and takes at most
+ * a 1.4 % share of a core the app keeps busy. Its timer then needs
  * microseconds, which even that share gives it within one scheduling period.
- * Linux only; elsewhere the worker runs at normal priority.
  */
 function yieldToTheDrain (before: Set<string> | undefined): void {
   if (before === undefined) return
@@ -88,29 +153,4 @@ function yieldToTheDrain (before: Set<string> | undefined): void {
   try {
     setPriority(Number(started[0]), 19)
   } catch {}
-}
-
-/**
- * Arms the watchdog to end the process `delayMs` from now. `line` is the JSON
- * log line it writes to stderr first (best effort: that pipe may be full too).
- */
-export function armWatchdog (delayMs: number, line: string): Watchdog {
-  let worker: Worker | undefined
-  try {
-    const at = performance.timeOrigin + performance.now() + Math.max(0, delayMs)
-    const before = threadIds()
-    worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { at, line }, stdout: false, stderr: false })
-    yieldToTheDrain(before)
-    worker.unref()
-    // A worker that cannot run (no threads left, a sandbox) must not crash the drain: the main-thread guards remain.
-    worker.on('error', () => {})
-  } catch {
-    worker = undefined
-  }
-  return {
-    disarm () {
-      worker?.terminate().catch(() => {})
-      worker = undefined
-    }
-  }
 }
