@@ -1,6 +1,8 @@
 // Longer than 150 lines because it is one class on purpose: the per-request path
 // (#onRequest, #responseEnded) reaches private counters through two listeners
-// created once, with no closure or object per request (docs/design.md, "Connections").
+// created once, with no closure or object per request, and deferred tracking
+// (#endDeferral) must see the same counters (docs/design.md, "Connections").
+// The record and the in-flight list are in record.ts, upgrades in takeovers.ts.
 import type { Socket } from 'node:net'
 import { Server as Http1Server, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { Server as HttpsServer } from 'node:https'
@@ -9,60 +11,15 @@ import { now } from '../deadline.js'
 import { attachedResponse, closeAfterResponse, hasConnectionsList, keepAliveAfterAll, listedSockets, openCount, parentSocket, secondaryServers } from './socket-internals.js'
 import { recordArrival, type Arrivals } from './arrivals.js'
 import { endGracefully } from './closing.js'
+import { InFlightList, newRecord, type Connection } from './record.js'
+import { TakeoverWatch } from './takeovers.js'
 
 export type { Arrivals } from './arrivals.js'
+export type { Connection } from './record.js'
 
 const kConnection = Symbol('fastify-graceful-drain.connection')
 /** Deferred tracking: when the socket was accepted, all it carries until its first request. */
 const kAcceptedAt = Symbol('fastify-graceful-drain.acceptedAt')
-
-/** One client socket, as the closing policy (closing.ts) sees it. */
-export interface Connection {
-  readonly socket: Socket
-  /** The socket the HTTP parser reads: the TLS socket once the handshake is done, else the TCP one. */
-  reader: Socket
-  readonly acceptedAt: number
-  /** Requests on this socket not yet answered, probes included: a socket is idle only at 0. */
-  inFlight: number
-  /** Of `inFlight`, the probes and the `quietPeriodIgnore` requests: what the global counters left out. */
-  probesInFlight: number
-  backgroundInFlight: number
-  /** Requests seen on this socket, probes included: a socket that has sent one is no longer fresh. */
-  served: number
-  /**
-   * `reader.bytesRead` when its last response ended, whoever sent it (a route, a probe, the
-   * preStop endpoint): more than that means bytes of a new request have come in.
-   */
-  bytesAtRest: number
-  /** The response being written, to mark it `Connection: close` and to name its route if it is cut. */
-  response: ServerResponse | undefined
-  /** HTTP/1 during the drain: the response this drain told to say `Connection: close`, the last one on the socket so far. */
-  marked: ServerResponse | undefined
-  upgraded: boolean
-  /** Destroyed by the drain at the budget, as opposed to closed gracefully. */
-  cut: boolean
-  /** `reader.bytesRead` when the closing policy last saw it change while waiting on the client (-1: not waiting). */
-  stallBytes: number
-  /** Monotonic time of that sighting: no byte since then means no progress since then (closing.ts, stalls). */
-  stallSince: number
-  /** Monotonic time the drain saw this socket's write side ended with no request left on it. */
-  endedAt: number | undefined
-  /** HTTP/2 only: the streams in flight on the session, so each is named if it is cut. */
-  streams: Set<ServerResponse> | undefined
-  /** Its socket's 'close' reaches the tracker: always once tracked, before that only if requests were pipelined on it. */
-  watched: boolean
-  /** Closed, as far as the books go: counted once, whether it was in the Set or not (forget). */
-  gone: boolean
-  /** In the tracker's list of sockets with a request in flight (#busy), linked through `prev`/`next`: no allocation per request. */
-  busy: boolean
-  prev: Connection | undefined
-  next: Connection | undefined
-}
-
-/** Events on which Node hands a socket over to the app, out of HTTP (WebSocket upgrades, CONNECT tunnels). */
-const TAKEOVERS = ['upgrade', 'connect'] as const
-type Takeover = typeof TAKEOVERS[number]
-const isTakeover = (event: string | symbol): event is Takeover => event === 'upgrade' || event === 'connect'
 
 type TrackedSocket = Socket & { [kConnection]?: Connection, [kAcceptedAt]?: number }
 /** Marks a response to a path in `quietPeriodIgnore`: in flight, but not traffic for the quiet period. */
@@ -86,6 +43,7 @@ export interface ConnectionCounts {
  */
 export class ConnectionTracker {
   readonly #server: Server
+  readonly #takeovers: TakeoverWatch
   /** Every server the app listens on: `#server` first, then the ones Fastify opened beside it (addServer). */
   readonly #servers: Server[]
   /** An http.Server (not https, not http2): its idle sockets can be closed without a TLS or HTTP/2 goodbye. */
@@ -149,10 +107,8 @@ export class ConnectionTracker {
     this.#onResponseClose = function () { tracker.#responseEnded(this, false) }
     this.#onProbeClose = function () { tracker.#responseEnded(this, true) }
     this.#listen(server)
-    // Upgrades (and CONNECT tunnels) are tracked only while the app itself listens for them: see #onListenerAdded.
-    server.on('newListener', this.#onListenerAdded)
-    server.on('removeListener', this.#onListenerRemoved)
-    for (const event of TAKEOVERS) if (server.listenerCount(event) > 0) this.#watchTakeovers(event, true)
+    // Upgrades (and CONNECT tunnels) are tracked only while the app itself listens for them (takeovers.ts).
+    this.#takeovers = new TakeoverWatch(server, this.#onUpgrade)
   }
 
   #listen (server: Server): void {
@@ -185,45 +141,7 @@ export class ConnectionTracker {
       server.removeListener('secureConnection', this.#onSecureConnection)
       server.removeListener('request', this.#onRequest)
     }
-    this.#server.removeListener('newListener', this.#onListenerAdded)
-    this.#server.removeListener('removeListener', this.#onListenerRemoved)
-    for (const event of TAKEOVERS) this.#watchTakeovers(event, false)
-  }
-
-  /** The takeover events the tracker listens to now. */
-  readonly #watching = new Set<Takeover>()
-
-  #watchTakeovers (event: Takeover, on: boolean): void {
-    if (on === this.#watching.has(event)) return
-    if (on) {
-      this.#watching.add(event)
-      this.#server.on(event, this.#onUpgrade)
-    } else {
-      this.#watching.delete(event)
-      this.#server.removeListener(event, this.#onUpgrade)
-    }
-  }
-
-  /**
-   * The tracker listens for 'upgrade' only while someone else does (@fastify/websocket, the
-   * app). Node hands a request with an `Upgrade` header to the 'upgrade' listeners whenever
-   * there is one, and answers it as a normal request when there is none
-   * (`server.listenerCount('upgrade') > 0` in _http_server.js, parserOnIncoming). A listener
-   * of ours alone made every such request (curl --http2's `Upgrade: h2c`, `Upgrade: websocket`
-   * to any route) vanish unanswered into it, and its socket outside Node's request timeouts.
-   * 'newListener' is emitted before the app's listener is added, so ours comes first.
-   * The same for 'connect' (an app that serves CONNECT tunnels): Node takes both kinds of
-   * socket out of its own list of connections, which deferred tracking reads at the drain.
-   */
-  readonly #onListenerAdded = (event: string | symbol, listener: unknown): void => {
-    if (isTakeover(event) && listener !== this.#onUpgrade) this.#watchTakeovers(event, true)
-  }
-
-  /** 'removeListener' comes after the removal: once only ours is left, ours goes too. */
-  readonly #onListenerRemoved = (event: string | symbol, listener: unknown): void => {
-    if (!isTakeover(event)) return
-    if (listener === this.#onUpgrade) this.#watching.delete(event)
-    else if (this.#watching.has(event) && this.#server.listenerCount(event) === 1) this.#watchTakeovers(event, false)
+    this.#takeovers.detach()
   }
 
   get inFlight (): number {
@@ -437,30 +355,11 @@ export class ConnectionTracker {
     for (const conn of this.#endDeferral()) this.#track(conn)
   }
 
-  /** The head of the list of connections with a request in flight: walked at the drain's start instead of every socket. */
-  #busy: Connection | undefined
+  /** The connections with a request in flight: walked at the drain's start instead of every socket. */
+  readonly #busy = new InFlightList()
 
-  /** Every connection with a request in flight. */
   #withRequests (): Connection[] {
-    const busy: Connection[] = []
-    for (let conn = this.#busy; conn !== undefined; conn = conn.next) busy.push(conn)
-    return busy
-  }
-
-  #link (conn: Connection): void {
-    conn.busy = true
-    conn.next = this.#busy
-    if (this.#busy !== undefined) this.#busy.prev = conn
-    this.#busy = conn
-  }
-
-  #unlink (conn: Connection): void {
-    if (!conn.busy) return
-    conn.busy = false
-    if (conn.prev === undefined) this.#busy = conn.next
-    else conn.prev.next = conn.next
-    if (conn.next !== undefined) conn.next.prev = conn.prev
-    conn.prev = conn.next = undefined
+    return this.#busy.all()
   }
 
   /** The socket's record, created at its first request (deferred) or found; undefined for a socket the tracker never saw accepted. */
@@ -468,7 +367,7 @@ export class ConnectionTracker {
     const conn = socket[kConnection]
     if (conn !== undefined) return conn
     const acceptedAt = socket[kAcceptedAt]
-    return acceptedAt === undefined ? undefined : this.#newRecord(socket, acceptedAt)
+    return acceptedAt === undefined ? undefined : this.#adopt(socket, acceptedAt)
   }
 
   #track (conn: Connection): void {
@@ -493,7 +392,13 @@ export class ConnectionTracker {
       if (this.#draining) this.#acceptedInDelay++
       this.#trackAll()
     }
-    this.#track(this.#newRecord(socket, now()))
+    this.#track(this.#adopt(socket, now()))
+  }
+
+  #adopt (socket: TrackedSocket, acceptedAt: number): Connection {
+    const conn = newRecord(socket, acceptedAt)
+    socket[kConnection] = conn
+    return conn
   }
 
   /** Whether Node lists `server`'s sockets, so that deferred tracking can find them at the drain. */
@@ -503,34 +408,6 @@ export class ConnectionTracker {
     if (!this.#servers.includes(server) || !hasConnectionsList(server)) return false
     this.#listed.push(server)
     return true
-  }
-
-  #newRecord (socket: TrackedSocket, acceptedAt: number): Connection {
-    const conn: Connection = {
-      socket,
-      reader: socket,
-      acceptedAt,
-      inFlight: 0,
-      probesInFlight: 0,
-      backgroundInFlight: 0,
-      served: 0,
-      bytesAtRest: 0,
-      response: undefined,
-      marked: undefined,
-      upgraded: false,
-      cut: false,
-      stallBytes: -1,
-      stallSince: 0,
-      endedAt: undefined,
-      streams: undefined,
-      watched: false,
-      gone: false,
-      busy: false,
-      prev: undefined,
-      next: undefined
-    }
-    socket[kConnection] = conn
-    return conn
   }
 
   readonly #onSecureConnection = (tlsSocket: TrackedSocket): void => {
@@ -557,7 +434,7 @@ export class ConnectionTracker {
       this.#probesInFlight -= probes
       this.#trafficInFlight -= queued - probes - background
       conn.inFlight -= queued
-      if (conn.inFlight === 0) this.#unlink(conn)
+      if (conn.inFlight === 0) this.#busy.unlink(conn)
       conn.probesInFlight -= probes
       conn.backgroundInFlight -= background
       if (this.#draining && queued > probes + background) this.#lastActivityAt = now()
@@ -586,7 +463,7 @@ export class ConnectionTracker {
       if (!background) this.#trafficInFlight--
     }
     if (conn === undefined) return
-    if (--conn.inFlight === 0) this.#unlink(conn)
+    if (--conn.inFlight === 0) this.#busy.unlink(conn)
     if (probe) conn.probesInFlight--
     else if (background) conn.backgroundInFlight--
     if (conn.response === res) conn.response = undefined
@@ -616,7 +493,7 @@ export class ConnectionTracker {
     // HTTP/2 never says Connection: close (the header is forbidden there): its sessions get GOAWAY.
     if (this.#draining && req.httpVersionMajor === 1) this.#markLast(conn, res)
     // Pipelined requests: only the socket's 'close' can settle the ones queued behind the first (#socketClosed).
-    if (++conn.inFlight === 1) this.#link(conn)
+    if (++conn.inFlight === 1) this.#busy.link(conn)
     else this.#watch(conn)
     conn.served++
     conn.response = res
