@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import type { ChildProcess } from 'node:child_process'
 import { machine, median, pinning, startNode, stop, table, version, type Started } from './perf/processes.js'
-import { drainVariants, withBaseline, type DrainVariant } from './perf/variants.js'
+import { drainVariants, isBaseline, withBaseline, type DrainVariant } from './perf/variants.js'
 
 const { values: args } = parseArgs({
   options: {
@@ -34,7 +34,7 @@ const { values: args } = parseArgs({
     variants: { type: 'string', default: drainVariants.join(',') },
     /** Writes a CPU profile of this variant's drain (SIGTERM → exit) per run, to .tmp/profiles/. */
     profile: { type: 'string' },
-    /** A checkout with a built dist/ to measure as `baseline` beside this tree's plugin. */
+    /** Checkouts with a built dist/ (comma-separated) to measure as `baseline:<dir name>` beside this tree's plugin. */
     baseline: { type: 'string' }
   }
 })
@@ -44,7 +44,7 @@ const inflightCounts = args.inflight.split(',').map(Number)
 const slowMs = Number(args.slow)
 const capMs = Number(args.cap)
 const chosen = withBaseline(args.variants.split(',') as DrainVariant[], args.baseline)
-for (const variant of chosen) if (![...drainVariants, 'baseline'].includes(variant)) throw new Error(`unknown variant ${variant}`)
+for (const variant of chosen) if (!(drainVariants as readonly string[]).includes(variant) && !isBaseline(variant)) throw new Error(`unknown variant ${variant}`)
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const profiles = join(here, '..', '.tmp', 'profiles')
@@ -120,7 +120,7 @@ async function run (variant: DrainVariant, idle: number, inflight: number, round
       VARIANT: variant,
       SLOW_EXPECTED: String(inflight),
       RESULT_FILE: resultFile,
-      BASELINE_DIR: args.baseline ?? '',
+      BASELINE_DIRS: args.baseline ?? '',
       ...(args.profile === variant ? { PROFILE: join(profiles, `drain-${variant}-${idle}-${inflight}-${round}.cpuprofile`) } : {})
     },
     nodeArgs: ['--expose-gc'],

@@ -30,7 +30,7 @@ const { values: args } = parseArgs({
     pause: { type: 'string', default: '1' },
     connections: { type: 'string', default: '50' },
     variants: { type: 'string', default: variants.join(',') },
-    /** A checkout with a built dist/ to measure as `baseline` beside this tree's plugin. */
+    /** Checkouts with a built dist/ (comma-separated) to measure as `baseline:<dir name>` beside this tree's plugin. */
     baseline: { type: 'string' }
   }
 })
@@ -95,7 +95,7 @@ const samples = new Map<string, Sample[]>()
 const key = (variant: Variant, mode: Mode): string => `${variant}/${mode}`
 try {
   for (const variant of chosen) {
-    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production', BASELINE_DIR: args.baseline ?? '' }, ipc: true }))
+    servers.set(variant, await startNode(here + 'perf/hello-server.ts', { cpus: cores?.server, env: { VARIANT: variant, NODE_ENV: 'production', BASELINE_DIRS: args.baseline ?? '' }, ipc: true }))
   }
   // JIT and connection pools warm before anything counts.
   for (const variant of chosen) {

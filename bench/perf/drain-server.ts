@@ -15,17 +15,17 @@ import { Session } from 'node:inspector'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { createHttpTerminator } from 'http-terminator'
 import { createTerminus } from '@godaddy/terminus'
-import { drainVariants, loadPlugin, type DrainVariant } from './variants.js'
+import { drainVariants, isBaseline, loadPlugin, type DrainVariant } from './variants.js'
 
 const variant = process.env.VARIANT as DrainVariant
-if (![...drainVariants, 'baseline'].includes(variant)) throw new Error(`VARIANT must be one of ${drainVariants.join(', ')}; got ${variant}`)
+if (!(drainVariants as readonly string[]).includes(variant) && !isBaseline(variant)) throw new Error(`VARIANT must be one of ${drainVariants.join(', ')}; got ${variant}`)
 const slowExpected = Number(process.env.SLOW_EXPECTED ?? 0)
 const resultFile = process.env.RESULT_FILE as string
 /** Big enough that "answered in full" means something: more than one TCP segment. */
 const SLOW_BODY = JSON.stringify({ slow: true, padding: 'x'.repeat(16 * 1024) })
 
 // The plugin logs its start line and report, as it would in production; the peers log nothing.
-const plugin = variant === 'plugin' || variant === 'baseline'
+const plugin = variant === 'plugin' || isBaseline(variant)
 const app: FastifyInstance = Fastify({ logger: plugin ? { level: 'info' } : false })
 // drainDelay 0 alone: no delay means no delay, the quiet-period extension does not run either.
 if (plugin) await app.register(await loadPlugin(variant), { drainDelay: 0 })

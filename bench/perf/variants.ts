@@ -1,12 +1,13 @@
 /** The variants each bench compares, shared by the orchestrators and their server processes. */
 export const helloVariants = ['bare', 'plugin', 'http-terminator', 'terminus', 'close-with-grace', 'naive-hooks'] as const
 /**
- * `baseline` is the plugin built from another checkout (`--baseline <dir>`: a
- * directory with a built `dist/`, such as a `git worktree` of an older commit),
- * measured in the same run as this tree's: before/after figures without a
- * second sitting on a shared machine. Run only when asked for.
+ * `baseline:<name>` is the plugin built from another checkout (`--baseline <dir>[,<dir>…]`:
+ * directories with a built `dist/`, such as `git worktree`s of older commits, each named by
+ * its last path segment), measured in the same run as this tree's: before/after figures
+ * without a second sitting on a shared machine. Run only when asked for.
  */
-export type HelloVariant = typeof helloVariants[number] | 'baseline'
+export type Baseline = `baseline:${string}`
+export type HelloVariant = typeof helloVariants[number] | Baseline
 
 /**
  * 'exit' is the floor: a process that exits at the signal and lets the kernel close its sockets.
@@ -14,19 +15,25 @@ export type HelloVariant = typeof helloVariants[number] | 'baseline'
  * `server.closeAllConnections()` (socket.destroy() on each), then exit.
  */
 export const drainVariants = ['exit', 'destroy-all', 'plugin', 'http-terminator', 'terminus', 'fastify.close()'] as const
-export type DrainVariant = typeof drainVariants[number] | 'baseline'
+export type DrainVariant = typeof drainVariants[number] | Baseline
 
-/** The plugin as the server should load it: this tree's, or the baseline's (BASELINE_DIR). */
+export const isBaseline = (variant: string): variant is Baseline => variant.startsWith('baseline:')
+
+/** The plugin as the server should load it: this tree's, or a baseline's (its directory in BASELINE_DIRS). */
 export async function loadPlugin (variant: string): Promise<typeof import('fastify-graceful-drain').default> {
-  if (variant !== 'baseline') return (await import('fastify-graceful-drain')).default
-  const dir = process.env.BASELINE_DIR
-  if (dir === undefined || dir === '') throw new Error('the baseline variant needs BASELINE_DIR (bench: --baseline <dir>)')
+  if (!isBaseline(variant)) return (await import('fastify-graceful-drain')).default
+  const name = variant.slice('baseline:'.length)
+  const dir = (process.env.BASELINE_DIRS ?? '').split(',').find(d => baselineName(d) === name)
+  if (dir === undefined) throw new Error(`${variant} needs its directory in BASELINE_DIRS (bench: --baseline <dir>)`)
   return (await import(new URL(`file://${dir.replace(/\/$/, '')}/dist/index.js`).href)).default
 }
 
-/** Adds `baseline` right after `plugin` when `--baseline` was given. */
-export function withBaseline<T extends string> (chosen: T[], baseline: string | undefined): Array<T | 'baseline'> {
-  if (baseline === undefined || chosen.includes('baseline' as T)) return chosen
+const baselineName = (dir: string): string => dir.replace(/\/$/, '').split('/').pop() ?? dir
+
+/** Adds a `baseline:<name>` variant per `--baseline` directory, right after `plugin`. */
+export function withBaseline<T extends string> (chosen: T[], baseline: string | undefined): Array<T | Baseline> {
+  if (baseline === undefined) return chosen
+  const added = baseline.split(',').filter(dir => dir !== '').map(dir => `baseline:${baselineName(dir)}` as Baseline)
   const at = chosen.indexOf('plugin' as T)
-  return [...chosen.slice(0, at + 1), 'baseline', ...chosen.slice(at + 1)]
+  return [...chosen.slice(0, at + 1), ...added, ...chosen.slice(at + 1)]
 }
