@@ -1,3 +1,5 @@
+// A little over 150 lines: the tracked-work registry and the drain's participant for it, which
+// reads the same counts.
 import { sleep, type Deadline } from './deadline.js'
 import type { DrainParticipant } from './participants.js'
 import { TrackAfterCloseError, InvalidTrackError } from './errors.js'

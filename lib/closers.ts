@@ -1,3 +1,6 @@
+// Longer than 150 lines: running a closer bounded, claiming its synchronous throws (a callback-style
+// hook's throw is that closer's outcome, not a crash) and abandoning the rest at a forced end share
+// one list and one clock; the racing itself is bounded.ts.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { InvalidCloserError, errorMessage } from './errors.js'
 import { now } from './deadline.js'

@@ -1,3 +1,5 @@
+// A little over 150 lines: the worker's source, the standby thread's lifetime and its priority are
+// one mechanism; the reasons for each (docs/design.md, "The budget") are kept beside the code.
 import { readdirSync } from 'node:fs'
 import { setPriority } from 'node:os'
 import { Worker } from 'node:worker_threads'

@@ -1,3 +1,5 @@
+// Longer than 150 lines: finding close-with-grace's listener among the process's, and putting it
+// back exactly as it was when the app closes without a drain, are one job with one set of traps.
 /**
  * Taking SIGTERM and SIGINT over from close-with-grace, which `fastify start`
  * (fastify-cli) and the server.js of `fastify eject` install around the app.

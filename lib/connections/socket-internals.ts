@@ -1,3 +1,5 @@
+// Longer than 150 lines: every Node internal the drain touches is here, each with why it is needed,
+// so a Node upgrade that changes one breaks this file and no other.
 import { Server as NetServer, type Socket } from 'node:net'
 import type { Server as HttpServer, ServerResponse } from 'node:http'
 

@@ -1,3 +1,5 @@
+// A little over 150 lines: answering a probe byte for byte as its Fastify route would, before any
+// hook, needs the route's headers, logging and HEAD handling in one place.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyBaseLogger, FastifyInstance, LogLevel } from 'fastify'
 import { now } from '../deadline.js'
