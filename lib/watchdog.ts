@@ -1,7 +1,3 @@
-// A little over 150 lines: the worker's source, the standby thread's lifetime and its priority are
-// one mechanism; the reasons for each (docs/design.md, "The budget") are kept beside the code.
-import { readdirSync } from 'node:fs'
-import { setPriority } from 'node:os'
 import { Worker } from 'node:worker_threads'
 
 /**
@@ -18,12 +14,15 @@ import { Worker } from 'node:worker_threads'
  *
  * The thread is started ahead of the signal, when the app starts listening
  * (standbyWatchdog(), only when the drain is to end the process), and waits
- * idle for a deadline: booting a worker is a whole Node environment, 60–80 ms
- * of CPU on a small VM, and started at the signal it was paid for by the
- * drain (on a pod's one core, 90 ms more from SIGTERM to exit with 10,000 idle
- * connections), and again at exit by a drain shorter than the boot (exit waits
- * for the thread). The price is one idle thread, about 10 MB of RSS. It is
- * unref'd, so it never keeps the process alive by itself.
+ * idle for a deadline. Booting a worker is a whole Node environment, 60–80 ms
+ * of CPU on a small VM: started at the signal, it was paid for by the drain
+ * (on a pod's one core, 90 ms more from SIGTERM to exit with 10,000 idle
+ * connections), and again at exit by a drain shorter than the boot, since
+ * process.exit() waits for the thread. Started at listen, at normal priority,
+ * it is paid once at startup and an idle thread ends within a few ms at exit
+ * (booted at nice 19 to spare the drain, its end at exit was starved: 17 ms
+ * more at 1,000 connections). The price is one idle thread, about 10 MB of
+ * RSS. It is unref'd, so it never keeps the process alive by itself.
  */
 export interface Watchdog {
   /** Stops the watchdog: the drain ended without exiting the process (`exit: false` or a function). */
@@ -119,9 +118,7 @@ function end (thread: Thread): void {
 
 function startThread (): Thread {
   try {
-    const before = threadIds()
     const worker = new Worker(WORKER_SOURCE, { eval: true, stdout: false, stderr: false })
-    yieldToTheDrain(before)
     worker.unref()
     // A worker that cannot run (no threads left, a sandbox) must not crash the drain: the main-thread guards remain.
     worker.on('error', () => {})
@@ -129,30 +126,4 @@ function startThread (): Thread {
   } catch {
     return { worker: undefined }
   }
-}
-
-/** This process's threads (Linux: /proc/self/task), or undefined where they cannot be listed. */
-function threadIds (): Set<string> | undefined {
-  try {
-    return new Set(readdirSync('/proc/self/task'))
-  } catch {
-    return undefined
-  }
-}
-
-/**
- * The new thread (the one that was not there before `new Worker()`, which
- * starts it synchronously) gets the lowest priority, nice 19 (Linux): its boot
- * runs when the app's main thread waits, or on another core, and takes at most
- * a 1.4 % share of a core the app keeps busy. Its timer then needs
- * microseconds, which even that share gives it within one scheduling period.
- */
-function yieldToTheDrain (before: Set<string> | undefined): void {
-  if (before === undefined) return
-  const started = [...threadIds() ?? []].filter(id => !before.has(id))
-  // Exactly one new thread, or none is touched: another thread started at the same moment would be a guess.
-  if (started.length !== 1) return
-  try {
-    setPriority(Number(started[0]), 19)
-  } catch {}
 }

@@ -9,9 +9,7 @@ import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
-import { readdirSync, readFileSync } from 'node:fs'
 import { buildApp, type InProcessApp } from './helpers/in-process.js'
-import { armWatchdog } from '../lib/watchdog.js'
 
 /** lib's FRESH_SOCKET_GRACE_MS. */
 const FRESH_SOCKET_GRACE_MS = 1_000
@@ -127,16 +125,4 @@ t.test('a server whose connection list cannot be found is tracked in full, from 
   t.equal(report.connections.openAtStart, 2)
   t.equal(report.connections.closedGracefully, 2)
   t.equal(report.exitCode, 0)
-})
-
-t.test('the watchdog thread boots at the lowest priority, so it does not take the drain\'s CPU', { skip: process.platform !== 'linux' && 'Linux only' }, async t => {
-  const before = new Set(readdirSync('/proc/self/task'))
-  const watchdog = armWatchdog(60_000, '{}')
-  t.teardown(() => watchdog.disarm())
-  const started = readdirSync('/proc/self/task').filter(id => !before.has(id))
-  t.equal(started.length, 1, 'one new thread: the watchdog')
-  const stat = readFileSync(`/proc/self/task/${started[0] as string}/stat`, 'utf8')
-  // Fields after the command name: state is the 3rd field of the file, nice the 19th.
-  const nice = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])
-  t.equal(nice, 19, 'nice 19')
 })
