@@ -149,17 +149,6 @@ export function keepAliveAfterAll (res: ServerResponse): void {
 }
 
 /**
- * The response Node is writing on an HTTP/1 socket (`_httpMessage`) if it has not emitted
- * 'close' yet (`_closed`). When the socket closes, Node emits 'close' on that response only;
- * the pipelined responses queued behind it never emit anything, so the tracker has to settle
- * them itself.
- */
-export function attachedResponse (socket: Socket): ServerResponse | undefined {
-  const res = (socket as Socket & { _httpMessage?: ServerResponse & { _closed?: boolean } | null })._httpMessage
-  return res === null || res === undefined || res._closed === true ? undefined : res
-}
-
-/**
  * The header block an HTTP/1 response has written, or undefined. Headers given
  * to `writeHead(status, { … })` without an earlier setHeader() are written
  * without ever being stored where getHeader() can read them (SSE handlers

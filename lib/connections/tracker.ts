@@ -8,7 +8,7 @@ import { Server as Http1Server, type IncomingMessage, type Server, type ServerRe
 import { Server as HttpsServer } from 'node:https'
 import { Server as TlsServer } from 'node:tls'
 import { now } from '../deadline.js'
-import { attachedResponse, closeAfterResponse, hasConnectionsList, keepAliveAfterAll, listedSockets, openCount, parentSocket, secondaryServers } from './socket-internals.js'
+import { closeAfterResponse, hasConnectionsList, keepAliveAfterAll, listedSockets, openCount, parentSocket, secondaryServers } from './socket-internals.js'
 import { recordArrival, type Arrivals } from './arrivals.js'
 import { endGracefully } from './closing.js'
 import { InFlightList, newRecord, type Connection } from './record.js'
@@ -418,28 +418,33 @@ export class ConnectionTracker {
   }
 
   /**
-   * A socket closed. Pipelined HTTP/1.1 responses still queued behind the one being written
-   * never emit 'close' (Node only closes the response attached to the socket), so the
-   * requests they answer are settled here, or the in-flight counts, and the quiet period
-   * that waits on them, would never come back to 0.
+   * A socket closed. On Node 20 and 22, pipelined HTTP/1.1 responses still queued behind the
+   * one being written never emit 'close' (Node closes only the response attached to the
+   * socket), so the requests they answer are settled after it (#settleQueued), or the in-flight
+   * counts, and the quiet period that waits on them, would never come back to 0.
    */
   #socketClosed (conn: Connection | undefined): void {
-    if (conn !== undefined && conn.inFlight > 1 && conn.streams === undefined) {
-      const attached = attachedResponse(conn.reader)
-      const closing = attached === undefined ? 0 : 1
-      const probes = conn.probesInFlight - (closing === 1 && this.#isProbe(attached?.req.url) ? 1 : 0)
-      const background = conn.backgroundInFlight - (closing === 1 && (attached as TrackedResponse)[kBackground] === true ? 1 : 0)
-      const queued = conn.inFlight - closing
-      this.#inFlight -= queued - probes
-      this.#probesInFlight -= probes
-      this.#trafficInFlight -= queued - probes - background
-      conn.inFlight -= queued
-      if (conn.inFlight === 0) this.#busy.unlink(conn)
-      conn.probesInFlight -= probes
-      conn.backgroundInFlight -= background
-      if (this.#draining && queued > probes + background) this.#lastActivityAt = now()
-    }
+    if (conn !== undefined && conn.inFlight > 0 && conn.streams === undefined) setImmediate(this.#settleQueued, conn)
     this.forget(conn)
+  }
+
+  /**
+   * After a socket's 'close', once the responses that are going to say so have: the one being
+   * written closes with the socket, and Node 24 also closes the queued ones (abortOutgoing, a
+   * 'close' on the next tick), where Node 20 and 22 never do. Whatever is still in flight by this
+   * turn of the event loop never will end: it is settled here, on every Node alike.
+   */
+  readonly #settleQueued = (conn: Connection): void => {
+    const queued = conn.inFlight
+    if (queued === 0) return
+    const probes = conn.probesInFlight
+    const background = conn.backgroundInFlight
+    this.#inFlight -= queued - probes
+    this.#probesInFlight -= probes
+    this.#trafficInFlight -= queued - probes - background
+    conn.inFlight = conn.probesInFlight = conn.backgroundInFlight = 0
+    this.#busy.unlink(conn)
+    if (this.#draining && queued > probes + background) this.#lastActivityAt = now()
   }
 
   /** Stops tracking `conn`: at its socket's 'close', or as soon as the closing policy destroyed it. */
