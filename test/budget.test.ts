@@ -99,6 +99,18 @@ t.test('no delay means no delay: drainDelay 0 skips the quiet-period extension',
   t.ok(closing !== undefined && closing < 500, 'closing began before the in-flight request ended (500 ms)', { closing })
 })
 
+t.test('no delay means no timer: with drainDelay 0 the listener closes before the event loop turns', async t => {
+  const app = Fastify()
+  await app.register(gracefulDrain, { drainDelay: 0, exit: false, signals: [] })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const report = app.drain.start()
+  // A setTimeout(0) waits for the next timers phase (at least 1 ms): a setImmediate
+  // queued now runs before it, so the listener is closed here only if nothing waited.
+  await new Promise(resolve => setImmediate(resolve))
+  t.equal(app.server.listening, false, 'the listener is closed within the signal\'s own turn')
+  t.match(await report, { delay: { plannedMs: 0, endedBy: 'delay' }, exitCode: 0 })
+})
+
 t.test('drainDelay 0 with quietPeriod set: the extension runs, because it was asked for', async t => {
   const running = await start(t, { gracePeriod: 10_000, drainDelay: 0, quietPeriod: 300 })
   const pool = createPool(running, 2)
