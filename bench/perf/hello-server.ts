@@ -1,6 +1,6 @@
 /**
  * The hello-world server of bench/overhead.ts, one variant per process:
- * `VARIANT=bare|plugin|http-terminator|terminus|close-with-grace|naive-hooks`.
+ * `VARIANT=bare|plugin|http-terminator|terminus|close-with-grace|naive-hooks|bare-again`.
  * It prints `{"port":n}` on stdout once it listens, answers any IPC message
  * with its CPU time so far, and runs until killed.
  * Nothing here logs: a logger would cost more than what is being measured.

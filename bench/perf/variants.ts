@@ -1,5 +1,9 @@
 /** The variants each bench compares, shared by the orchestrators and their server processes. */
-export const helloVariants = ['bare', 'plugin', 'http-terminator', 'terminus', 'close-with-grace', 'naive-hooks'] as const
+/**
+ * 'bare-again' is a second bare Fastify process: its ratio to 'bare' is what two identical
+ * servers measure apart in the same run (the A/A control), the noise any other ratio sits in.
+ */
+export const helloVariants = ['bare', 'plugin', 'http-terminator', 'terminus', 'close-with-grace', 'naive-hooks', 'bare-again'] as const
 /**
  * `baseline:<name>` is the plugin built from another checkout (`--baseline <dir>[,<dir>…]`:
  * directories with a built `dist/`, such as `git worktree`s of older commits, each named by
