@@ -12,7 +12,7 @@ import { groupMembership } from './group.js'
 import { mainPortProbePaths, setupKubernetes } from './kubernetes/index.js'
 import { warnAboutLateSignalListeners } from './coexistence/coexistence.js'
 import { setupProtocols } from './protocols/index.js'
-import { logBudget, warnAboutPlatform } from './kubernetes/platform.js'
+import { logBudget, warnAboutPlatform, warnIfNamespaceInit } from './kubernetes/platform.js'
 import { channels, diagnosticsParticipant } from './observability/diagnostics.js'
 import { registerMetrics } from './observability/metrics.js'
 import type { CloserFunction, CloserOptions } from './closers.js'
@@ -170,6 +170,7 @@ const gracefulDrainPlugin: FastifyPluginAsync<GracefulDrainOptions> = async (fas
     addresses = fastify.addresses().map(a => typeof a === 'string' ? a : a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`)
     logBudget(log, options)
     warnAboutPlatform(log, options)
+    warnIfNamespaceInit(log, options)
     warnAboutTimeouts(fastify.server, options, log)
   })
   fastify.addHook('onClose', async () => {

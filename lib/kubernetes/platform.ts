@@ -54,3 +54,20 @@ export function warnAboutPlatform (log: FastifyBaseLogger, options: ResolvedOpti
     `gracePeriod is not set, so the drain plans for Kubernetes' default of ${options.gracePeriod} ms, but this is ` +
     `${platform.name}: set gracePeriod: ${platform.killAfterMs} (or your platform's SIGTERM→SIGKILL time) so the drain ends before the kill`)
 }
+
+/**
+ * At listen, when the drain is to end the process and this process is PID 1 of
+ * its PID namespace (a container's main process with no init before it): the
+ * kernel ignores signals a namespace's init sends itself that it has no handler
+ * for, SIGKILL included, so the watchdog (watchdog.ts) cannot end a main thread
+ * that never comes back. The drain itself is unaffected; only that last guard is
+ * gone, and the platform's own SIGKILL (sent from outside the namespace) ends
+ * such a process at the grace period instead of before it.
+ */
+export function warnIfNamespaceInit (log: FastifyBaseLogger, options: ResolvedOptions, pid = process.pid): void {
+  if (options.exit !== true || pid !== 1) return
+  log.warn({ pid },
+    'this process is PID 1 (a container with no init): the kernel ignores the SIGKILL the drain\'s watchdog would send ' +
+    'itself if the main thread never came back, so such a hang would last until the platform\'s own kill at the grace period; ' +
+    'run under an init (docker run --init, tini, dumb-init, or shareProcessNamespace: true in the pod spec) to keep that guard')
+}
