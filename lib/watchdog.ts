@@ -11,6 +11,10 @@ import { Worker } from 'node:worker_threads'
  * worker ends only the worker, and a catchable signal waits for the blocked
  * main thread. The exit status is therefore 137 (128 + SIGKILL), what the
  * kubelet's own kill would have shown, but before the grace period is over.
+ * As PID 1 of a PID namespace (a container with no init) the kernel ignores
+ * that SIGKILL; the thread then has the main thread's inspector run
+ * `process.reallyExit(137)`, which it does between two steps of a JavaScript
+ * loop but not inside a blocked system call (kubernetes/platform.ts warns).
  *
  * The thread is started ahead of the signal, when the app starts listening
  * (standbyWatchdog(), only when the drain is to end the process), and waits
@@ -41,6 +45,14 @@ parentPort.on('message', message => {
     // One line on stderr, written without blocking: its reader may be as stuck as stdout's.
     try { writeSync(2, message.line + '\\n') } catch {}
     process.kill(process.pid, 'SIGKILL')
+    // Still here: PID 1 of a PID namespace, whose own SIGKILL the kernel ignores. The main
+    // thread's inspector runs a message between two JavaScript steps of a loop (not during
+    // a blocked system call): end the process from there, skipping the 'exit' listeners.
+    try {
+      const session = new (require('node:inspector').Session)()
+      session.connectToMainThread()
+      session.post('Runtime.evaluate', { expression: 'process.reallyExit(137)' })
+    } catch {}
   }, Math.max(0, message.at - (performance.timeOrigin + performance.now())))
 })
 `

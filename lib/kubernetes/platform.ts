@@ -59,15 +59,16 @@ export function warnAboutPlatform (log: FastifyBaseLogger, options: ResolvedOpti
  * At listen, when the drain is to end the process and this process is PID 1 of
  * its PID namespace (a container's main process with no init before it): the
  * kernel ignores signals a namespace's init sends itself that it has no handler
- * for, SIGKILL included, so the watchdog (watchdog.ts) cannot end a main thread
- * that never comes back. The drain itself is unaffected; only that last guard is
- * gone, and the platform's own SIGKILL (sent from outside the namespace) ends
- * such a process at the grace period instead of before it.
+ * for, SIGKILL included. The watchdog (watchdog.ts) then falls back to the main
+ * thread's inspector, which ends a main thread stuck in JavaScript (a loop, a
+ * logger's retry loop) but not one blocked inside a system call; the platform's
+ * own SIGKILL, sent from outside the namespace, ends that one at the grace period.
  */
 export function warnIfNamespaceInit (log: FastifyBaseLogger, options: ResolvedOptions, pid = process.pid): void {
   if (options.exit !== true || pid !== 1) return
   log.warn({ pid },
-    'this process is PID 1 (a container with no init): the kernel ignores the SIGKILL the drain\'s watchdog would send ' +
-    'itself if the main thread never came back, so such a hang would last until the platform\'s own kill at the grace period; ' +
-    'run under an init (docker run --init, tini, dumb-init, or shareProcessNamespace: true in the pod spec) to keep that guard')
+    'this process is PID 1 (a container with no init), which cannot SIGKILL itself: if the main thread hangs, the drain\'s ' +
+    'watchdog can still end a JavaScript loop, but not a thread blocked in a system call (a blocking write), which would last ' +
+    'until the platform\'s own kill at the grace period; run under an init (docker run --init, tini, dumb-init, or ' +
+    'shareProcessNamespace: true in the pod spec) to keep the full guard')
 }
