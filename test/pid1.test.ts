@@ -79,7 +79,10 @@ t.test('as PID 1 a log pipe nobody reads still cannot keep the process past grac
   // The case of test/watchdog.test.ts, as PID 1: the SIGKILL is ignored there, and the
   // watchdog ends the main thread's retry loop through the main thread's inspector.
   const child = spawn('unshare', ['--pid', '--fork', '--kill-child', process.execPath, '--import', 'tsx', stuckLogFixture], {
-    env: { ...process.env, FIXTURE: JSON.stringify({ options: { gracePeriod: GRACE_PERIOD, drainDelay: 200, exitMargin: 1_000 } }) },
+    // exitMargin 2000: the watchdog fires 500 ms before gracePeriod. The fallback is slower than a
+    // SIGKILL (the inspector is loaded, the main thread interrupted, the process exits normally):
+    // 200 ms on a loaded 2-core machine, where the 250 ms that exitMargin 1000 leaves was too close.
+    env: { ...process.env, FIXTURE: JSON.stringify({ options: { gracePeriod: GRACE_PERIOD, drainDelay: 200, exitMargin: 2_000 } }) },
     // stdout is a pipe this test never reads: it fills and stays full.
     stdio: ['ignore', 'pipe', 'pipe', 'ipc']
   })
