@@ -1,4 +1,4 @@
-import { fork, type ChildProcess } from 'node:child_process'
+import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter, once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
@@ -46,12 +46,9 @@ const fixtures = fileURLToPath(new URL('../fixtures/', import.meta.url))
  * handshake and collects its JSON log lines. The fixtures import the built
  * package, so the tests exercise what ships.
  */
-export async function startChild (fixture: string, env: Record<string, string> = {}): Promise<RunningChild> {
-  const child = fork(fixtures + fixture, {
-    execArgv: ['--import', 'tsx'],
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe', 'ipc']
-  })
+export async function startChild (fixture: string, env: Record<string, string> = {},
+  { prefix }: { prefix?: readonly string[] } = {}): Promise<RunningChild> {
+  const child = startFixture(fixture, env, prefix)
   const logs: LogLine[] = []
   const messages: unknown[] = []
   // 'log' and 'message' events let tests wait on what the child says instead of sleeping.
@@ -128,6 +125,18 @@ export async function startChild (fixture: string, env: Record<string, string> =
     waitForLog: match => waitFor('log', logs, match),
     waitForMessage: match => waitFor('message', messages, match)
   }
+}
+
+/**
+ * Starts a TypeScript fixture with its stdout and stderr piped and an IPC
+ * channel. `prefix` runs it under another command (`unshare --pid --fork` for
+ * PID 1), which passes the IPC channel on: Node reads it from the environment.
+ */
+export function startFixture (fixture: string, env: Record<string, string> = {}, prefix: readonly string[] = []): ChildProcess {
+  const options = { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] as Array<'ignore' | 'pipe' | 'ipc'> }
+  const [command, ...args] = prefix
+  if (command === undefined) return fork(fixtures + fixture, { execArgv: ['--import', 'tsx'], ...options })
+  return spawn(command, [...args, process.execPath, '--import', 'tsx', fixtures + fixture], options)
 }
 
 /**
